@@ -1,0 +1,44 @@
+"""alignfuse: multimodal alignment and fusion, verified building blocks and a benchmark.
+
+Importing the package registers every built-in component, so ``list_losses()`` and friends
+are complete without further imports.
+"""
+
+from alignfuse import data, encoders, engine, fusion, losses, metrics, models  # noqa: F401
+from alignfuse.config import ExperimentConfig, load_config
+from alignfuse.outputs import LossOutput
+from alignfuse.registry import (
+    create_dataset,
+    create_encoder,
+    create_fusion,
+    create_loss,
+    create_metric,
+    create_model,
+    list_datasets,
+    list_encoders,
+    list_fusion,
+    list_losses,
+    list_metrics,
+    list_models,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ExperimentConfig",
+    "LossOutput",
+    "__version__",
+    "create_dataset",
+    "create_encoder",
+    "create_fusion",
+    "create_loss",
+    "create_metric",
+    "create_model",
+    "list_datasets",
+    "list_encoders",
+    "list_fusion",
+    "list_losses",
+    "list_metrics",
+    "list_models",
+    "load_config",
+]

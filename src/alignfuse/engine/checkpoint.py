@@ -1,0 +1,154 @@
+"""Atomic checkpoints: safetensors weights + JSON state, never a pickle.
+
+A checkpoint is a folder ``checkpoints/step-XXXXXXX/`` holding ``model.safetensors`` (the
+model and loss state), ``optim.safetensors`` (optimiser moments and RNG state) and
+``state.json`` (counters, history, SHA-256 of both weight files). It is written under a
+temporary name and renamed into place; then ``checkpoints/latest`` (a one-line file) is
+replaced atomically. A crash at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from alignfuse.errors import CheckpointError
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser ``state_dict`` into tensors (for safetensors) and JSON data."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in state["state"].items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = val.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = val
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten_optimizer`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in tensors.items():
+        if not name.startswith("state."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = val
+    for idx, extra in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(extra)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    folder: str | Path,
+    name: str,
+    model_state: dict[str, torch.Tensor],
+    optim_tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``name`` under ``folder`` atomically and point ``latest`` at it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder))
+    try:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model_state.items()},
+            str(tmp / "model.safetensors"),
+        )
+        save_file(optim_tensors, str(tmp / "optim.safetensors"))
+        full = dict(state)
+        full["sha256"] = {f: _sha256(tmp / f) for f in ("model.safetensors", "optim.safetensors")}
+        with (tmp / "state.json").open("w") as fh:
+            json.dump(full, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        final = folder / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+        pointer = folder / ".latest.tmp"
+        pointer.write_text(name + "\n")
+        os.replace(pointer, folder / "latest")
+        _fsync_dir(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    old = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for p in old[:-keep]:
+        if p.name != name:
+            shutil.rmtree(p, ignore_errors=True)
+    return folder / name
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The folder named by ``folder/latest``, or ``None`` when there is no checkpoint."""
+    pointer = Path(folder) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(folder) / pointer.read_text().strip()
+    if not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint pointer {str(pointer)!r} names a missing folder {path.name!r}"
+        )
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint folder: model tensors, optimiser tensors, JSON state."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        digests = state["sha256"]
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has no readable state.json: {err}"
+        ) from None
+    for fname, digest in digests.items():
+        f = path / fname
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {str(path)!r} is missing {fname}")
+        if _sha256(f) != digest:
+            raise CheckpointError(
+                f"checkpoint file {str(f)!r} is corrupt (SHA-256 differs from state.json); "
+                "delete the folder to resume from the previous checkpoint, or start afresh"
+            )
+    try:
+        model = load_file(str(path / "model.safetensors"))
+        optim = load_file(str(path / "optim.safetensors"))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {err}") from None
+    return model, optim, state

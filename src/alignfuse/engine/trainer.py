@@ -1,0 +1,362 @@
+"""The training loop: device-agnostic, seeded, resumable, with progress and validation.
+
+AdamW with linear warm-up then cosine decay; each epoch visits every image
+``captions_per_image`` times, each time with another of its captions, in an order that is
+a pure function of ``(seed, epoch)`` so a resumed run replays exactly the batches an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from alignfuse.config import ExperimentConfig, save_config
+from alignfuse.data.base import ImageTextData
+from alignfuse.encoders.tokenizer import Tokenizer
+from alignfuse.engine.checkpoint import (
+    flatten_optimizer,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from alignfuse.engine.evaluate import evaluate_split, images_to_tensor
+from alignfuse.errors import CheckpointError, ConfigError, TrainingDivergedError
+from alignfuse.registry import DATASETS, LOSSES, MODELS
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"train.device {name!r} is not a device: {err}") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and numpy's legacy global generator."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def load_data(cfg: ExperimentConfig) -> ImageTextData:
+    """Build the configured dataset from the registry."""
+    data: ImageTextData = DATASETS.create(cfg.data.name, **cfg.data.args)
+    if "train" not in data.splits:
+        raise ConfigError(f"dataset {cfg.data.name!r} has no 'train' split")
+    return data
+
+
+def build_model(cfg: ExperimentConfig, tokenizer: Tokenizer | None) -> nn.Module:
+    """Build the configured model (seeded) from the registry."""
+    torch.manual_seed(cfg.train.seed)
+    model: nn.Module = MODELS.create(
+        cfg.model.name,
+        tokenizer=tokenizer,
+        embed_dim=cfg.model.embed_dim,
+        image_encoder=cfg.model.image_encoder,
+        text_encoder=cfg.model.text_encoder,
+        **cfg.model.args,
+    )
+    return model
+
+
+def build_loss(cfg: ExperimentConfig) -> nn.Module:
+    """Build the configured loss from the registry."""
+    loss: nn.Module = LOSSES.create(cfg.loss.name, **cfg.loss.args)
+    return loss
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class History:
+    """What a run records: smoothed training loss and validation metrics."""
+
+    train: list[dict[str, float]] = field(default_factory=list)
+    val: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Train a dual-encoder model on an image-text dataset.
+
+    Args:
+        cfg: the resolved experiment config.
+        data: the dataset (must have ``train``; ``val`` is used for validation if present).
+        run_dir: where checkpoints, the config, the vocabulary and the history go.
+        progress: show progress bars (default: when stderr is a terminal).
+        log: where to print one line per epoch (default: stderr).
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        data: ImageTextData,
+        run_dir: str | Path,
+        progress: bool | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.device = resolve_device(cfg.train.device)
+        vocab = self.run_dir / "vocab.json"
+        self.tokenizer = (
+            Tokenizer.load(vocab) if vocab.is_file() else Tokenizer.build(data.train_texts)
+        )
+        self.model = build_model(cfg, self.tokenizer).to(self.device)
+        self.loss_fn = build_loss(cfg).to(self.device)
+        params = [
+            p for p in [*self.model.parameters(), *self.loss_fn.parameters()] if p.requires_grad
+        ]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        n_img = len(data["train"])
+        k = cfg.train.captions_per_image
+        if k < 1:
+            raise ConfigError(f"train.captions_per_image must be >= 1, got {k}")
+        if cfg.train.batch_size < 2:
+            raise ConfigError(f"train.batch_size must be >= 2, got {cfg.train.batch_size}")
+        if cfg.train.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
+        self.steps_per_epoch = max(1, (n_img * k) // cfg.train.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        if cfg.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.warmup = int(cfg.train.warmup_fraction * self.total_steps)
+        self.step = 0
+        self.history = History()
+        self.train_seconds = 0.0
+        self._segment = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, across resumptions."""
+        return self.train_seconds + time.perf_counter() - self._segment
+
+    # ------------------------------------------------------------------ data order
+
+    def epoch_pairs(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (image, caption) index pairs of an epoch, in training order."""
+        split = self.data["train"]
+        n = len(split)
+        k = self.cfg.train.captions_per_image
+        rng = np.random.default_rng([self.cfg.train.seed, epoch])
+        n_caps = np.array([len(c) for c in split.captions])
+        offsets = rng.integers(0, 1 << 30, size=n)
+        imgs, caps = [], []
+        for r in range(k):
+            order = rng.permutation(n)
+            imgs.append(order)
+            caps.append((offsets[order] + r) % n_caps[order])
+        return np.concatenate(imgs), np.concatenate(caps)
+
+    def batch(self, epoch: int, index: int, pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+        """Tensors of batch ``index`` of ``epoch`` on the training device."""
+        bs = self.cfg.train.batch_size
+        imgs, caps = (
+            pairs[0][index * bs : (index + 1) * bs],
+            pairs[1][index * bs : (index + 1) * bs],
+        )
+        split = self.data["train"]
+        texts = [split.captions[i][c] for i, c in zip(imgs, caps, strict=True)]
+        prep = self.model.prepare_text(texts)  # type: ignore[operator]
+        return {
+            "images": images_to_tensor(split.images[imgs], self.device),
+            "text": {k: v.to(self.device) for k, v in prep.items()},
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        out.update({f"loss.{k}": v for k, v in self.loss_fn.state_dict().items()})
+        return out
+
+    def save(self) -> Path:
+        """Write an atomic checkpoint of everything needed to resume."""
+        opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
+        opt_tensors["rng.torch"] = torch.get_rng_state()
+        state = {
+            "step": self.step,
+            "optimizer": opt_meta,
+            "history": {"train": self.history.train, "val": self.history.val},
+            "train_seconds": self.elapsed(),
+        }
+        return save_checkpoint(
+            self.run_dir / "checkpoints",
+            f"step-{self.step:08d}",
+            self._state_tensors(),
+            opt_tensors,
+            state,
+        )
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load model and loss weights saved by :meth:`save`."""
+        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        loss = {k[5:]: v for k, v in tensors.items() if k.startswith("loss.")}
+        try:
+            self.model.load_state_dict(model)
+            self.loss_fn.load_state_dict(loss)
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint does not fit the configured model: {err}") from None
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint if there is one; return whether one was loaded."""
+        path = latest_checkpoint(self.run_dir / "checkpoints")
+        if path is None:
+            return False
+        tensors, opt, state = load_checkpoint(path)
+        self.load_weights(tensors)
+        rng = opt.pop("rng.torch", None)
+        self.optimizer.load_state_dict(unflatten_optimizer(opt, state["optimizer"]))
+        if rng is not None:
+            torch.set_rng_state(rng)
+        self.step = int(state["step"])
+        self.history = History(**state["history"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self._segment = time.perf_counter()
+        self.log(f"resumed from {path} at step {self.step}/{self.total_steps}")
+        return True
+
+    # ------------------------------------------------------------------ loop
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Retrieval on (a subset of) the validation split."""
+        if "val" not in self.data.splits:
+            return {}
+        split = self.data["val"].subset(self.cfg.eval.val_subset)
+        res = evaluate_split(self.model, split, self.cfg.eval.batch_size)
+        res.pop("_sims")
+        row = {
+            "epoch": float(epoch),
+            "step": float(self.step),
+            **{k: float(v) for k, v in res.items()},
+        }
+        self.history.val.append(row)
+        return row
+
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> History:
+        """Train to ``total_steps`` (or stop early after ``stop_after`` steps, as a crash would).
+
+        Raises:
+            TrainingDivergedError: the loss became NaN or infinite; the last checkpoint on
+                disk is the last good state.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        self.tokenizer.save(self.run_dir / "vocab.json")
+        self._segment = time.perf_counter()
+        precompute = getattr(self.model.text_encoder, "precompute", None)
+        if callable(precompute):
+            self.log("embedding training captions with the frozen text encoder ...")
+            precompute(self.data.train_texts, show_progress=self.progress)
+        self.model.train()
+        spe, bs = self.steps_per_epoch, self.cfg.train.batch_size
+        run_steps = 0
+        while self.step < self.total_steps:
+            epoch, first = divmod(self.step, spe)
+            pairs = self.epoch_pairs(epoch)
+            last = min(spe, self.total_steps - epoch * spe)
+            bar = tqdm(
+                total=last,
+                initial=first,
+                desc=f"{self.cfg.name} epoch {epoch + 1}/{math.ceil(self.total_steps / spe)}",
+                disable=not self.progress,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            losses: list[float] = []
+            t0 = time.perf_counter()
+            for index in range(first, last):
+                for g in self.optimizer.param_groups:
+                    g["lr"] = self.cfg.train.lr * lr_factor(
+                        self.step, self.total_steps, self.warmup
+                    )
+                batch = self.batch(epoch, index, pairs)
+                a, b = self.model(batch["images"], batch["text"])
+                out = self.loss_fn(a, b)
+                value = float(out.loss.detach())
+                if not math.isfinite(value):
+                    latest = latest_checkpoint(self.run_dir / "checkpoints")
+                    raise TrainingDivergedError(
+                        f"{self.cfg.name}: loss is {value} at step {self.step} (epoch {epoch + 1}); "
+                        "training stopped. Last good checkpoint: "
+                        f"{latest if latest is not None else 'none yet'}. Lower train.lr or "
+                        "check the data."
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                if self.cfg.train.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in self.optimizer.param_groups for p in g["params"]],
+                        self.cfg.train.grad_clip,
+                    )
+                self.optimizer.step()
+                self.step += 1
+                run_steps += 1
+                losses.append(value)
+                elapsed = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{value:.3f}", pairs_s=f"{len(losses) * bs / max(elapsed, 1e-9):.0f}"
+                )
+                if len(losses) % 25 == 0:
+                    self.history.train.append(
+                        {"step": float(self.step), "loss": float(np.mean(losses[-25:]))}
+                    )
+                boundary = self.step % spe == 0 or self.step == self.total_steps
+                if stop_after is not None and run_steps >= stop_after:
+                    self.save()
+                    bar.close()
+                    return self.history
+                if boundary:
+                    break
+                if (
+                    self.cfg.train.checkpoint_every
+                    and self.step % self.cfg.train.checkpoint_every == 0
+                ):
+                    self.save()
+            bar.close()
+            msg = f"{self.cfg.name}: epoch {epoch + 1} step {self.step}/{self.total_steps}"
+            if losses:
+                msg += f" loss {np.mean(losses):.4f}"
+            done_epoch = epoch + 1
+            if self.cfg.train.eval_every and (
+                done_epoch % self.cfg.train.eval_every == 0 or self.step == self.total_steps
+            ):
+                row = self.validate(done_epoch)
+                if row:
+                    msg += f" val rsum {row['rsum']:.1f} t2i R@10 {row['t2i_r10']:.3f}"
+            self.save()
+            self.log(msg)
+        self.train_seconds = self.elapsed()
+        self._segment = time.perf_counter()
+        (self.run_dir / "history.json").write_text(
+            json.dumps({"train": self.history.train, "val": self.history.val})
+        )
+        return self.history

@@ -1,0 +1,93 @@
+"""Cross-modal retrieval metrics with several captions per image.
+
+``sims`` is an ``(N_images, N_texts)`` score matrix (higher is better) and ``owner[t]`` the
+image of text ``t``. Image-to-text: the rank of an image is the best rank of any of its own
+captions. Text-to-image: the rank of the caption's image. Ranks are 1-based; ties are broken
+pessimistically (a tied wrong item counts as ranked above).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from alignfuse.registry import METRICS
+
+
+def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+
+
+def retrieval_ranks(
+    sims: torch.Tensor | np.ndarray, owner: torch.Tensor | np.ndarray, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks: image-to-text ``(N_images,)`` and text-to-image ``(N_texts,)``.
+
+    Computed in chunks of rows so memory stays at ``chunk x N`` beyond the input.
+    """
+    s = _as_tensor(sims)
+    own = _as_tensor(owner).to(device=s.device, dtype=torch.long)
+    if s.ndim != 2:
+        raise ValueError(f"sims must be (N_images, N_texts), got {tuple(s.shape)}")
+    n_img, n_txt = s.shape
+    if own.shape != (n_txt,):
+        raise ValueError(f"owner must have shape ({n_txt},), got {tuple(own.shape)}")
+    if n_img == 0 or n_txt == 0:
+        raise ValueError("sims is empty")
+    if int(own.min()) < 0 or int(own.max()) >= n_img:
+        raise ValueError(f"owner holds image indices outside [0, {n_img})")
+    if not torch.isfinite(s).all():
+        raise ValueError("sims contains NaN or Inf")
+    counts = torch.bincount(own, minlength=n_img)
+    if (counts == 0).any():
+        raise ValueError(f"image {int((counts == 0).nonzero()[0])} has no caption in owner")
+    i2t = torch.empty(n_img, dtype=torch.long, device=s.device)
+    for start in range(0, n_img, chunk):
+        block = s[start : start + chunk]
+        rows = torch.arange(start, start + len(block), device=s.device)
+        is_own = own[None, :] == rows[:, None]
+        best_own = block.masked_fill(~is_own, float("-inf")).max(1).values
+        # rank of the best own caption = 1 + number of other captions scoring >= it
+        i2t[start : start + len(block)] = 1 + ((block >= best_own[:, None]) & ~is_own).sum(1)
+    t2i = torch.empty(n_txt, dtype=torch.long, device=s.device)
+    st = s.T
+    for start in range(0, n_txt, chunk):
+        block = st[start : start + chunk]
+        idx = own[start : start + len(block)]
+        pos = block.gather(1, idx[:, None])
+        wrong = torch.ones_like(block, dtype=torch.bool)
+        wrong[torch.arange(len(block), device=s.device), idx] = False
+        t2i[start : start + len(block)] = 1 + ((block >= pos) & wrong).sum(1)
+    return i2t.cpu().numpy(), t2i.cpu().numpy()
+
+
+@METRICS.register("retrieval")
+def retrieval_metrics(
+    sims: torch.Tensor | np.ndarray,
+    owner: torch.Tensor | np.ndarray,
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict[str, float]:
+    """R@K both ways, rsum, median and mean rank for image-text retrieval.
+
+    Returns keys ``i2t_r{K}``, ``t2i_r{K}`` (fractions in [0, 1]), ``rsum`` (sum of the six
+    recalls, in percent as the field reports it, max 600), ``i2t_medr``, ``t2i_medr``,
+    ``i2t_meanr``, ``t2i_meanr``.
+
+    Example:
+        >>> sims = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.8, 0.7]])
+        >>> m = retrieval_metrics(sims, torch.tensor([0, 1, 1]), ks=(1,))
+        >>> m["i2t_r1"], m["t2i_r1"]
+        (1.0, 1.0)
+    """
+    i2t, t2i = retrieval_ranks(sims, owner)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = float((i2t <= k).mean())
+    for k in ks:
+        out[f"t2i_r{k}"] = float((t2i <= k).mean())
+    out["rsum"] = 100.0 * sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
+    out["i2t_medr"] = float(np.median(i2t))
+    out["t2i_medr"] = float(np.median(t2i))
+    out["i2t_meanr"] = float(i2t.mean())
+    out["t2i_meanr"] = float(t2i.mean())
+    return out

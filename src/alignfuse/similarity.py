@@ -1,0 +1,50 @@
+"""Pairwise similarity scorers that know their polarity (higher = more similar)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def check_pair(a: torch.Tensor, b: torch.Tensor, name_a: str = "a", name_b: str = "b") -> None:
+    """Validate two embedding batches: 2-D, same width, floating point, finite, non-empty."""
+    for name, x in ((name_a, a), (name_b, b)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 2:
+            raise ValueError(f"{name} must have shape (N, D), got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{name_a} and {name_b} differ in width: {a.shape[1]} vs {b.shape[1]}")
+
+
+def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``S[i, j] = <a_i, b_j> / (|a_i| |b_j|)``; zero-norm rows are an error."""
+    for name, x in (("a", a), ("b", b)):
+        if (x.norm(dim=1) <= eps).any():
+            raise ValueError(f"{name} has a zero-norm row; cosine similarity is undefined")
+    return F.normalize(a, dim=1, eps=eps) @ F.normalize(b, dim=1, eps=eps).T
+
+
+def dot_similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``S[i, j] = <a_i, b_j>``."""
+    return a @ b.T
+
+
+SIMILARITIES = {"cosine": cosine_similarity_matrix, "dot": dot_similarity_matrix}
+
+
+def similarity_matrix(a: torch.Tensor, b: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Similarity of every row of ``a`` with every row of ``b`` (``cosine`` or ``dot``)."""
+    try:
+        fn = SIMILARITIES[kind]
+    except KeyError:
+        raise ValueError(
+            f"similarity must be one of {sorted(SIMILARITIES)}, got {kind!r}"
+        ) from None
+    return fn(a, b)
