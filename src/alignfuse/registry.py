@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,8 +183,11 @@ def list_datasets() -> list[str]:
 
 
 def create_metric(name: str, **kwargs: Any) -> Any:
-    """Return the registered metric ``name`` (a function of scores and ground truth)."""
-    return METRICS.create(name, **kwargs)
+    """Return the registered metric ``name``: a function of scores and ground truth, with
+    ``kwargs`` bound (``create_metric("retrieval", ks=(1, 5))``)."""
+    entry = METRICS.get(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return functools.partial(entry.factory, **kwargs) if kwargs else entry.factory
 
 
 def list_metrics() -> list[str]:

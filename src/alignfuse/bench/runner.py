@@ -56,6 +56,7 @@ def run_experiment(
     n_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     n_params += sum(p.numel() for p in trainer.loss_fn.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in trainer.model.parameters() if not p.requires_grad)
+    frozen += sum(int(getattr(m, "frozen_params", 0)) for m in trainer.model.modules())
     row = {
         "name": cfg.name,
         "status": "ok",

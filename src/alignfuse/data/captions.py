@@ -144,9 +144,9 @@ def load_captions(
             extras = json.loads(extras_path.read_text())
         except ValueError as err:
             raise DataError(f"captions: {str(extras_path)!r} is not valid JSON: {err}") from None
-        negs = extras.get("negatives")
-        if negs and "test" in splits:
-            splits["test"].extras["negatives"] = negs
+        for split_name, negs in (extras.get("negatives") or {}).items():
+            if split_name in splits:
+                splits[split_name].extras["negatives"] = negs
         groups = extras.get("winoground") or []
         if groups:
             imgs = np.stack([np.stack([read(f) for f in g["images"]]) for g in groups])
@@ -185,8 +185,11 @@ def export_captions(data: ImageTextData, out: str | Path) -> Path:
         json.dumps({"dataset": data.name, "images": entries})
     )
     extras: dict[str, Any] = {}
-    if test is not None and "negatives" in test.extras:
-        extras["negatives"] = test.extras["negatives"]
+    extras["negatives"] = {
+        name: split.extras["negatives"]
+        for name, split in data.splits.items()
+        if "negatives" in split.extras
+    }
     if data.winoground is not None:
         groups = []
         for g in range(len(data.winoground)):

@@ -47,7 +47,7 @@ from alignfuse.data.base import ImageTextData, ImageTextSplit, WinogroundSet
 from alignfuse.errors import DataError
 from alignfuse.registry import DATASETS
 
-VERSION = 1
+VERSION = 2
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -143,7 +143,7 @@ DK = Lexicon(
     only_templates=("solely {x}", "merely {x}", "nothing but {x}"),
     count_templates=("{x}", "we count {x}", "precisely {x}", "visible: {x}"),
     single_templates=("{x} amid {n} items", "{n} items incl. {x}"),
-    single_alone=("{x}, solitary", "{x} in isolation"),
+    single_alone=("{x}, solitary", "{x} standing solo"),
     colorcount_templates=("{x}", "a photo holding {x}", "altogether {x}"),
 )
 

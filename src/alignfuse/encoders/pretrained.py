@@ -59,23 +59,31 @@ def _load_sentence_model(path: str | None) -> Any:
 class FrozenSentenceEncoder(nn.Module):
     """Frozen all-MiniLM-L6-v2 sentence embeddings (384-d, mean pooled, L2-normalised).
 
-    ``prepare`` runs the frozen model (with a per-string cache); ``forward`` returns the
-    embeddings, on which a model puts its own trainable projection.
+    ``prepare`` runs the frozen model (with a per-string cache) where the data is prepared,
+    on the CPU; ``forward`` returns the embeddings, on which a model puts its own trainable
+    projection. The pretrained weights are not part of this module's ``state_dict`` (they are
+    the package's, unchanged), so checkpoints hold only what is trained.
     """
 
     modality = "text"
     trainable = False
+    _model: Any
 
     def __init__(self, path: str | None = None, batch_size: int = 256) -> None:
         super().__init__()
-        self._model = _load_sentence_model(path)
+        model = _load_sentence_model(path)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        # Kept outside the module tree: frozen, never moved by .to(), never checkpointed.
+        object.__setattr__(self, "_model", model)
         self.batch_size = batch_size
-        dim = (
-            self._model.get_embedding_dimension()
-            if hasattr(self._model, "get_embedding_dimension")
-            else self._model.get_sentence_embedding_dimension()
+        getter = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
         )
-        self.out_dim = int(dim)
+        self.out_dim = int(getter())
+        self.frozen_params = sum(p.numel() for p in model.parameters())
         self._cache: dict[str, torch.Tensor] = {}
 
     def precompute(self, texts: Sequence[str], show_progress: bool = False) -> None:

@@ -277,6 +277,7 @@ class Trainer:
             precompute(self.data.train_texts, show_progress=self.progress)
         self.model.train()
         spe, bs = self.steps_per_epoch, self.cfg.train.batch_size
+        log_every = max(1, min(25, spe // 4))
         run_steps = 0
         while self.step < self.total_steps:
             epoch, first = divmod(self.step, spe)
@@ -325,9 +326,9 @@ class Trainer:
                 bar.set_postfix(
                     loss=f"{value:.3f}", pairs_s=f"{len(losses) * bs / max(elapsed, 1e-9):.0f}"
                 )
-                if len(losses) % 25 == 0:
+                if self.step % log_every == 0:
                     self.history.train.append(
-                        {"step": float(self.step), "loss": float(np.mean(losses[-25:]))}
+                        {"step": float(self.step), "loss": float(np.mean(losses[-log_every:]))}
                     )
                 boundary = self.step % spe == 0 or self.step == self.total_steps
                 if stop_after is not None and run_steps >= stop_after:

@@ -71,7 +71,15 @@ def triplet(
 
 @LOSSES.register("triplet")
 class TripletLoss(nn.Module):
-    """Bidirectional triplet ranking loss; ``mining="hardest"`` is VSE++ (Faghri et al. 2018)."""
+    """Bidirectional triplet ranking loss; ``mining="hardest"`` is VSE++ (Faghri et al. 2018).
+
+    With ``mining="hardest"`` and ``sum_warmup=N``, the first ``N`` training calls use the sum
+    over negatives, then the hardest negative: the warm-up of VSE-infinity (Chen et al. 2021),
+    which keeps max-violation training from collapsing (every similarity equal) when the towers
+    start from random weights. The call counter is a buffer, so it is checkpointed and resumed.
+    """
+
+    num_calls: torch.Tensor
 
     def __init__(
         self,
@@ -79,15 +87,25 @@ class TripletLoss(nn.Module):
         mining: str = "sum",
         similarity: str = "cosine",
         reduction: str = "sum",
+        sum_warmup: int = 0,
     ) -> None:
         super().__init__()
         if margin <= 0:
             raise ValueError(f"margin must be > 0, got {margin}")
         if mining not in MININGS:
             raise ValueError(f"mining must be one of {MININGS}, got {mining!r}")
+        if sum_warmup < 0:
+            raise ValueError(f"sum_warmup must be >= 0, got {sum_warmup}")
         self.margin, self.mining = margin, mining
         self.similarity, self.reduction = similarity, reduction
+        self.sum_warmup = sum_warmup
+        self.register_buffer("num_calls", torch.zeros((), dtype=torch.long))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> LossOutput:
-        loss = triplet(a, b, self.margin, self.mining, self.similarity, self.reduction)
-        return LossOutput(loss)
+        mining = self.mining
+        if self.training and torch.is_grad_enabled():
+            if int(self.num_calls) < self.sum_warmup:
+                mining = "sum"
+            self.num_calls += 1
+        loss = triplet(a, b, self.margin, mining, self.similarity, self.reduction)
+        return LossOutput(loss, {"hardest": float(mining == "hardest")})

@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from alignfuse.cli import main
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "losses:" in out and "info_nce" in out and "Symmetric InfoNCE" in out
+    assert main(["list", "datasets"]) == 0
+    assert "shapes" in capsys.readouterr().out
+    assert main(["list", "lossses"]) == 2
+    assert "did you mean 'losses'" in capsys.readouterr().err
+
+
+def test_train_eval_and_errors(tmp_path, capsys, tiny_overrides):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("name: cli\nloss: {name: triplet, args: {mining: hardest}}\n")
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), *tiny_overrides, "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0 <= metrics["test/t2i_r10"] <= 1
+    assert (out / "config.yaml").is_file() and (out / "metrics.json").is_file()
+    # a second train into the same folder needs --resume
+    assert main(["train", str(cfg), *tiny_overrides, "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["eval", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == metrics
+    assert main(["eval", str(tmp_path)]) == 2
+    assert main(["train", str(cfg), "model.embd_dim=3"]) == 2
+    assert "did you mean 'model.embed_dim'" in capsys.readouterr().err
+
+
+def test_data_export(tmp_path, capsys):
+    args = ["data", "shapes", "--out", str(tmp_path / "d"), "--n-train", "8", "--n-val", "4"]
+    assert main([*args, "--n-test", "6", "--n-winoground", "2"]) == 0
+    assert "best t2i R@1" in capsys.readouterr().out
+    assert (tmp_path / "d" / "dataset_shapes.json").is_file()
+    assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 8 + 4 + 6 + 4
+
+
+def test_bench_smoke_suite_writes_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ALIGNFUSE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    assert main(["bench", "--suite", "smoke", "--out", str(out), "--no-progress"]) == 0
+    board = capsys.readouterr().out
+    assert "clip_tiny" in board and "vsepp_tiny" in board
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["clip_tiny", "vsepp_tiny"]
+    assert all(len(r["config_hash"]) == 12 and r["status"] == "ok" for r in rows)
+    report = (out / "report.md").read_text()
+    assert "best reachable" in report and "text-to-image R@1" in report
+    for png in ("curves.png", "recall.png", "retrievals_clip_tiny.png"):
+        assert (out / png).stat().st_size > 5000
+    # running again reuses finished experiments
+    assert main(["bench", "--suite", "smoke", "--out", str(out), "--no-progress"]) == 0
+    assert "already done" in capsys.readouterr().err
+
+
+def test_bench_unknown_suite_and_override(capsys):
+    assert main(["bench", "--suite", "smok"]) == 2
+    assert "did you mean 'smoke'" in capsys.readouterr().err
+    assert main(["bench", "--suite", "smoke", "train.epoch=1"]) == 2
+    assert "did you mean 'train.epochs'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_python_m_entry_point():
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "alignfuse.cli", "list", "losses"], capture_output=True, text=True
+    )
+    assert res.returncode == 0 and "triplet" in res.stdout

@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+import alignfuse
+from alignfuse.encoders import Tokenizer
+from alignfuse.encoders.pretrained import minilm_available
+from alignfuse.errors import DataError
+
+
+def test_tokenizer_vocabulary_from_training_text_only(tmp_path):
+    tok = Tokenizer.build(["a red circle", "a blue square, left"])
+    assert tok.encode("a crimson circle")[1] == 1  # unseen word -> <unk>
+    assert tok.decode(tok.encode("a red square")) == "a red square"
+    batch = tok.batch(["a red circle", "", "blue"])
+    assert batch["ids"].shape == (3, 3) and batch["lengths"].tolist() == [3, 1, 1]
+    tok.save(tmp_path / "v.json")
+    assert Tokenizer.load(tmp_path / "v.json").words == tok.words
+    with pytest.raises(DataError):
+        Tokenizer.build([])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(DataError, match="cannot read vocabulary"):
+        Tokenizer.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("name", ["cnn", "vit"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_image_encoders_contract(name, dtype):
+    enc = alignfuse.create_encoder(name).to(dtype)
+    x = torch.randn(3, 3, 64, 64, dtype=dtype, requires_grad=True)
+    out = enc(x)
+    assert out.shape == (3, enc.out_dim) and out.dtype == dtype
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert enc.tokens(x).shape[0] == 3
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        enc(torch.randn(3, 64, 64, dtype=dtype))
+
+
+@pytest.mark.parametrize("name", ["bigru", "transformer"])
+def test_text_encoders_contract(name):
+    tok = Tokenizer.build(["a red circle above a blue square", "two stars"])
+    enc = alignfuse.create_encoder(name, tokenizer=tok)
+    prep = enc.prepare(["a red circle", "two blue stars above a square"])
+    out = enc(**prep)
+    assert out.shape == (2, enc.out_dim)
+    out.sum().backward()
+    # padding does not change a caption's encoding
+    alone = enc(**enc.prepare(["a red circle"]))
+    assert torch.allclose(alone[0], out[0], atol=1e-5)
+
+
+@pytest.mark.skipif(not minilm_available(), reason="the minilm extra is not installed")
+def test_minilm_is_a_real_pretrained_encoder():
+    enc = alignfuse.create_encoder("minilm")
+    assert enc.out_dim == 384
+    e = enc(**enc.prepare(["a crimson disk", "a red circle", "a tax return form"]))
+    assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-4)
+    sim = e @ e.T
+    # a pretrained model knows crimson ~ red and disk ~ circle; a random one would not
+    assert sim[0, 1] > sim[0, 2] + 0.2
+    assert not enc.state_dict()  # frozen weights stay the package's, never checkpointed
+    assert enc.frozen_params > 20_000_000
+
+
+def test_minilm_missing_path_is_clear(tmp_path):
+    if not minilm_available():
+        with pytest.raises(ImportError, match="minilm"):
+            alignfuse.create_encoder("minilm")
+    else:
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            alignfuse.create_encoder("minilm", path=str(tmp_path / "nope"))

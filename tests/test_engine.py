@@ -1,0 +1,120 @@
+import json
+import math
+
+import pytest
+import torch
+
+from alignfuse.config import load_config
+from alignfuse.engine import Trainer, latest_checkpoint, load_checkpoint, load_data
+from alignfuse.engine.trainer import lr_factor
+from alignfuse.errors import CheckpointError, TrainingDivergedError
+from alignfuse.outputs import LossOutput
+
+
+def _trainer(tmp_path, overrides, name="run"):
+    cfg = load_config(None, [*overrides, f"name={name}"])
+    return Trainer(cfg, load_data(cfg), tmp_path / name, progress=False, log=lambda m: None)
+
+
+def test_training_reduces_loss_and_is_seeded(tmp_path, tiny_overrides):
+    a = _trainer(tmp_path, [*tiny_overrides, "train.epochs=4"], "a")
+    hist = a.fit()
+    b = _trainer(tmp_path, [*tiny_overrides, "train.epochs=4"], "b")
+    b.fit()
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k])
+    assert len(hist.val) == 4
+    losses = [r["loss"] for r in a.history.train]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "a" / "config.yaml").is_file() and (tmp_path / "a" / "vocab.json").is_file()
+
+
+@pytest.mark.parametrize("stop_after", [3, 6, 13])
+def test_resume_reaches_the_same_final_state(tmp_path, tiny_overrides, stop_after):
+    full = _trainer(tmp_path, tiny_overrides, "full")
+    full.fit()
+    part = _trainer(tmp_path, tiny_overrides, "part")
+    part.fit(stop_after=stop_after)  # as if killed after a checkpoint
+    assert part.step == stop_after
+    resumed = _trainer(tmp_path, tiny_overrides, "part")
+    resumed.fit(resume=True)
+    assert resumed.step == full.step
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert resumed.history.val == full.history.val
+
+
+def test_checkpoint_files_are_safetensors_and_json(tmp_path, tiny_overrides):
+    tr = _trainer(tmp_path, tiny_overrides)
+    tr.fit()
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "model.safetensors",
+        "optim.safetensors",
+        "state.json",
+    ]
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == tr.step
+    # at most two checkpoints are kept
+    assert len([p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.is_dir()]) <= 2
+
+
+def test_corrupt_checkpoint_on_resume(tmp_path, tiny_overrides):
+    tr = _trainer(tmp_path, tiny_overrides)
+    tr.fit(stop_after=4)
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    data = bytearray((ckpt / "model.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (ckpt / "model.safetensors").write_bytes(bytes(data))
+    again = _trainer(tmp_path, tiny_overrides)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        again.fit(resume=True)
+    (ckpt / "state.json").write_text("{trunc")
+    with pytest.raises(CheckpointError, match="no readable state.json"):
+        load_checkpoint(ckpt)
+
+
+def test_truncated_weights_are_reported(tmp_path, tiny_overrides):
+    tr = _trainer(tmp_path, tiny_overrides)
+    tr.fit(stop_after=2)
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    (ckpt / "optim.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing optim.safetensors"):
+        load_checkpoint(ckpt)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_overrides, monkeypatch):
+    tr = _trainer(tmp_path, [*tiny_overrides, "train.checkpoint_every=2"])
+    real = tr.loss_fn.forward
+    calls = {"n": 0}
+
+    def flaky(a, b):
+        calls["n"] += 1
+        out = real(a, b)
+        return LossOutput(out.loss * float("nan")) if calls["n"] == 5 else out
+
+    monkeypatch.setattr(tr.loss_fn, "forward", flaky)
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at step 4 .*step-00000004"):
+        tr.fit()
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    tensors, _, state = load_checkpoint(ckpt)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    assert all(0 <= lr_factor(s, 100, 10) <= 1 for s in range(100))
+    assert math.isclose(lr_factor(0, 10, 0), 1.0)
+
+
+def test_epoch_pairs_visit_every_caption_once(tmp_path, tiny_overrides):
+    tr = _trainer(tmp_path, [*tiny_overrides, "train.captions_per_image=5"])
+    imgs, caps = tr.epoch_pairs(0)
+    pairs = set(zip(imgs.tolist(), caps.tolist(), strict=True))
+    assert len(pairs) == len(imgs) == 5 * len(tr.data["train"])
+    assert not (tr.epoch_pairs(1)[0] == imgs).all()
