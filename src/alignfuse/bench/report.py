@@ -80,6 +80,7 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         if va:
             ax2.plot([p["step"] for p in va], [p["rsum"] for p in va], marker="o", label=r["name"])
     ax1.set(xlabel="step", ylabel="training loss (own objective)", title="training loss")
+    ax1.set_yscale("log")
     ax2.set(xlabel="step", ylabel="val rsum", title="validation rsum")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
