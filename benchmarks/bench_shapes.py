@@ -31,7 +31,9 @@ def main() -> None:
             generate_shapes(n_train=args.n_train, workers=workers)
             best = min(best, time.perf_counter() - t0)
         times[workers] = best
-        print(f"workers={workers}: {best:.1f} s for {n_total} images ({n_total / best:.0f} images/s)")
+        print(
+            f"workers={workers}: {best:.1f} s for {n_total} images ({n_total / best:.0f} images/s)"
+        )
     if len(times) > 1:
         w = max(times)
         print(f"parallel speed-up ({w} workers vs 1): {times[1] / times[w]:.2f}x")
