@@ -23,6 +23,23 @@ def check_pair(a: torch.Tensor, b: torch.Tensor, name_a: str = "a", name_b: str 
         raise ValueError(f"{name_a} and {name_b} differ in width: {a.shape[1]} vs {b.shape[1]}")
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_paired_batch(a: torch.Tensor, b: torch.Tensor, reduction: str, loss: str) -> None:
+    """Validate the inputs of a pairwise loss over in-batch negatives: :func:`check_pair`, the
+    same number of rows, at least two pairs, and a known ``reduction``."""
+    check_pair(a, b)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"a and b must hold the same number of pairs: {a.shape[0]} vs {b.shape[0]}"
+        )
+    if a.shape[0] < 2:
+        raise ValueError(f"{loss} needs a batch of at least 2 pairs (there are no negatives)")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
 def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``S[i, j] = <a_i, b_j> / (|a_i| |b_j|)``; zero-norm rows are an error."""
     for name, x in (("a", a), ("b", b)):

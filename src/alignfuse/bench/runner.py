@@ -10,7 +10,6 @@ one continues from its last checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from alignfuse._io import write_text_atomic
 from alignfuse.bench.suite import Suite
 from alignfuse.config import ExperimentConfig, config_hash, to_dict
 from alignfuse.data.base import ImageTextData
@@ -34,12 +34,6 @@ def _extra_available(name: str) -> bool:
 
         return minilm_available()
     return False
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_experiment(
@@ -69,7 +63,7 @@ def run_experiment(
         "history": {"train": trainer.history.train, "val": trainer.history.val},
         "config": to_dict(cfg),
     }
-    _write_atomic(run_dir / "metrics.json", json.dumps(row, indent=1))
+    write_text_atomic(run_dir / "metrics.json", json.dumps(row, indent=1))
     return row, trainer, sims
 
 
@@ -132,8 +126,8 @@ def run_suite(
             f"t2i R@10 {m.get('test/t2i_r10', float('nan')):.3f}, "
             f"train {row['train_seconds']:.0f} s"
         )
-        _write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    _write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     total = time.perf_counter() - t_suite
     leaderboard = write_leaderboard(rows, out / "leaderboard.md")
     first_data = next(iter(datasets.values()), None)

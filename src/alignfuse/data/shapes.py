@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from alignfuse._io import sha256_file
 from alignfuse.data.base import ImageTextData, ImageTextSplit, WinogroundSet
 from alignfuse.errors import DataError
 from alignfuse.registry import DATASETS
@@ -589,14 +590,6 @@ def _default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "alignfuse"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _realise_split(
     name: str, images: np.ndarray, ann: dict[str, Any], lex: Lexicon
 ) -> ImageTextSplit:
@@ -757,7 +750,7 @@ def _write_cache(
         (tmp / "annotations.json").write_text(json.dumps(ann))
         files["annotations.json"] = ""
         for name in files:
-            files[name] = _sha256(tmp / name)
+            files[name] = sha256_file(tmp / name)
         (tmp / "manifest.json").write_text(json.dumps({"params": params, "files": files}, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
@@ -774,7 +767,7 @@ def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | 
     try:
         files = json.loads(manifest.read_text())["files"]
         for name, digest in files.items():
-            if _sha256(folder / name) != digest:
+            if sha256_file(folder / name) != digest:
                 raise ValueError(f"checksum mismatch for {name}")
         images = {
             name[len("images_") : -len(".npy")]: np.load(folder / name, allow_pickle=False)

@@ -9,7 +9,6 @@ replaced atomically. A crash at any moment leaves the previous checkpoint intact
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,15 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from alignfuse._io import sha256_file
 from alignfuse.errors import CheckpointError
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -88,7 +80,9 @@ def save_checkpoint(
         )
         save_file(optim_tensors, str(tmp / "optim.safetensors"))
         full = dict(state)
-        full["sha256"] = {f: _sha256(tmp / f) for f in ("model.safetensors", "optim.safetensors")}
+        full["sha256"] = {
+            f: sha256_file(tmp / f) for f in ("model.safetensors", "optim.safetensors")
+        }
         with (tmp / "state.json").open("w") as fh:
             json.dump(full, fh)
             fh.flush()
@@ -141,7 +135,7 @@ def load_checkpoint(
         f = path / fname
         if not f.is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} is missing {fname}")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointError(
                 f"checkpoint file {str(f)!r} is corrupt (SHA-256 differs from state.json); "
                 "delete the folder to resume from the previous checkpoint, or start afresh"

@@ -16,7 +16,7 @@ from torch import nn
 
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
-from alignfuse.similarity import check_pair, similarity_matrix
+from alignfuse.similarity import check_paired_batch, similarity_matrix
 
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
 
@@ -45,15 +45,7 @@ def info_nce(
         >>> round(float(info_nce(a, b, logit_scale=0.0)), 4)  # log(e + 2) - 1
         0.5514
     """
-    check_pair(a, b)
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"a and b must hold the same number of pairs: {a.shape[0]} vs {b.shape[0]}"
-        )
-    if a.shape[0] < 2:
-        raise ValueError("info_nce needs a batch of at least 2 pairs (there are no negatives)")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    check_paired_batch(a, b, reduction, "info_nce")
     scale = logit_scale.exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
     logits = similarity_matrix(a, b, similarity) * scale
     target = torch.arange(a.shape[0], device=a.device)

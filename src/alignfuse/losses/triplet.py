@@ -14,7 +14,7 @@ from torch import nn
 
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
-from alignfuse.similarity import check_pair, similarity_matrix
+from alignfuse.similarity import check_paired_batch, similarity_matrix
 
 MININGS = ("sum", "hardest")
 
@@ -42,19 +42,11 @@ def triplet(
         >>> float(triplet(a, b, margin=0.5))  # s(i,i)=1, s(i,j)=0: no violation
         0.0
     """
-    check_pair(a, b)
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"a and b must hold the same number of pairs: {a.shape[0]} vs {b.shape[0]}"
-        )
-    if a.shape[0] < 2:
-        raise ValueError("triplet needs a batch of at least 2 pairs (there are no negatives)")
+    check_paired_batch(a, b, reduction, "triplet")
     if margin <= 0:
         raise ValueError(f"margin must be > 0, got {margin}")
     if mining not in MININGS:
         raise ValueError(f"mining must be one of {MININGS}, got {mining!r}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     s = similarity_matrix(a, b, similarity)
     pos = s.diagonal()
     eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
