@@ -1,6 +1,40 @@
-"""Alignment objectives: each a pure function plus a registered ``nn.Module``."""
+"""Alignment objectives: each a pure function plus a registered ``nn.Module`` returning
+:class:`~alignfuse.outputs.LossOutput`."""
 
+from alignfuse.losses.contrastive import ContrastiveLoss, contrastive
 from alignfuse.losses.info_nce import InfoNCELoss, info_nce
+from alignfuse.losses.matching import MatchingLoss, PairHead, matching, sample_hard_negatives
+from alignfuse.losses.n_pair import NPairLoss, n_pair
+from alignfuse.losses.quadruplet import StructurePreservingLoss, structure_preserving
+from alignfuse.losses.ranking import RankingLoss, ranking, smooth_ap
+from alignfuse.losses.sigmoid import SigmoidLoss, sigmoid_loss
+from alignfuse.losses.token_wise import TokenWiseLoss, token_wise, token_wise_similarity
 from alignfuse.losses.triplet import TripletLoss, triplet
+from alignfuse.losses.triplet_center import TripletCenterLoss, triplet_center
 
-__all__ = ["InfoNCELoss", "TripletLoss", "info_nce", "triplet"]
+__all__ = [
+    "ContrastiveLoss",
+    "InfoNCELoss",
+    "MatchingLoss",
+    "NPairLoss",
+    "PairHead",
+    "RankingLoss",
+    "SigmoidLoss",
+    "StructurePreservingLoss",
+    "TokenWiseLoss",
+    "TripletCenterLoss",
+    "TripletLoss",
+    "contrastive",
+    "info_nce",
+    "matching",
+    "n_pair",
+    "ranking",
+    "sample_hard_negatives",
+    "sigmoid_loss",
+    "smooth_ap",
+    "structure_preserving",
+    "token_wise",
+    "token_wise_similarity",
+    "triplet",
+    "triplet_center",
+]

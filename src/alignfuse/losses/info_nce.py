@@ -4,6 +4,12 @@ For L2-normalised embeddings ``a_i``, ``b_i`` of ``N`` matched pairs and a tempe
 ``tau = 1 / exp(logit_scale)``, with ``s_ij = <a_i, b_j> / tau``:
 
     L = 1/2 [ -1/N sum_i log softmax_j(s_ij)[i]  -  1/N sum_j log softmax_i(s_ij)[j] ]
+
+With several positives per row (``labels`` or ``positive_mask``: duplicate captions or
+images in a batch), the target of row ``i`` is uniform over its positives ``P(i)`` and the
+row's loss is ``-1/|P(i)| sum_{p in P(i)} log softmax_j(s_ij)[p]`` (the supervised
+contrastive form, Khosla et al. 2020), so duplicates are not punished as negatives. Label
+smoothing ``eps`` mixes the target with the uniform distribution: ``(1 - eps) q + eps / N``.
 """
 
 from __future__ import annotations
@@ -14,11 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignfuse.losses._common import make_positive_mask, reduce
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
 from alignfuse.similarity import check_paired_batch, similarity_matrix
 
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
+
+
+def _targets(pos: torch.Tensor, smoothing: float, dtype: torch.dtype) -> torch.Tensor:
+    q = pos.to(dtype) / pos.sum(1, keepdim=True).to(dtype)
+    if smoothing:
+        q = (1.0 - smoothing) * q + smoothing / pos.shape[1]
+    return q
 
 
 def info_nce(
@@ -27,6 +41,9 @@ def info_nce(
     logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
     similarity: str = "cosine",
     reduction: str = "mean",
+    labels: torch.Tensor | None = None,
+    positive_mask: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Symmetric InfoNCE between two batches of paired embeddings.
 
@@ -35,7 +52,11 @@ def info_nce(
         b: ``(N, D)`` embeddings of the other; row ``i`` is paired with ``a[i]``.
         logit_scale: log of the inverse temperature (scalar tensor or float).
         similarity: ``cosine`` or ``dot``.
-        reduction: ``mean``, ``sum`` or ``none`` (per-pair average of both directions).
+        reduction: ``mean``, ``sum`` or ``none`` (per pair: the mean of row ``i``'s and
+            column ``i``'s losses).
+        labels: optional ``(N,)`` integer classes; pairs with equal labels are positives.
+        positive_mask: optional ``(N, N)`` bool mask of positives (instead of ``labels``).
+        label_smoothing: ``eps`` in ``[0, 1)``.
 
     Returns:
         The loss (a scalar, or ``(N,)`` with ``reduction="none"``).
@@ -46,16 +67,22 @@ def info_nce(
         0.5514
     """
     check_paired_batch(a, b, reduction, "info_nce")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     scale = logit_scale.exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
     logits = similarity_matrix(a, b, similarity) * scale
-    target = torch.arange(a.shape[0], device=a.device)
-    per = 0.5 * (
-        F.cross_entropy(logits, target, reduction="none")
-        + F.cross_entropy(logits.T, target, reduction="none")
-    )
-    if reduction == "none":
-        return per
-    return per.mean() if reduction == "mean" else per.sum()
+    n = a.shape[0]
+    if labels is None and positive_mask is None and not label_smoothing:
+        target = torch.arange(n, device=a.device)
+        per = 0.5 * (
+            F.cross_entropy(logits, target, reduction="none")
+            + F.cross_entropy(logits.T, target, reduction="none")
+        )
+        return reduce(per, reduction)
+    pos = make_positive_mask(n, a.device, labels, positive_mask)
+    row = -(_targets(pos, label_smoothing, logits.dtype) * logits.log_softmax(1)).sum(1)
+    col = -(_targets(pos.T, label_smoothing, logits.dtype) * logits.T.log_softmax(1)).sum(1)
+    return reduce(0.5 * (row + col), reduction)
 
 
 @LOSSES.register("info_nce")
@@ -69,6 +96,7 @@ class InfoNCELoss(nn.Module):
         max_scale: float = 100.0,
         similarity: str = "cosine",
         reduction: str = "mean",
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -83,8 +111,13 @@ class InfoNCELoss(nn.Module):
         self.max_log_scale = math.log(max_scale)
         self.similarity = similarity
         self.reduction = reduction
+        self.label_smoothing = label_smoothing
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> LossOutput:
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> LossOutput:
         scale = self.logit_scale.clamp(max=self.max_log_scale)
-        loss = info_nce(a, b, scale, self.similarity, self.reduction)
+        loss = info_nce(
+            a, b, scale, self.similarity, self.reduction, labels, None, self.label_smoothing
+        )
         return LossOutput(loss, {"temperature": float(1.0 / scale.detach().exp())})

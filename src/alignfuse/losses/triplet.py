@@ -12,11 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from alignfuse.losses._common import make_positive_mask, reduce
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
 from alignfuse.similarity import check_paired_batch, similarity_matrix
 
-MININGS = ("sum", "hardest")
+MININGS = ("sum", "hardest", "semihard")
 
 
 def triplet(
@@ -26,6 +27,7 @@ def triplet(
     mining: str = "sum",
     similarity: str = "cosine",
     reduction: str = "sum",
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bidirectional hinge triplet loss over in-batch negatives.
 
@@ -33,9 +35,12 @@ def triplet(
         a: ``(N, D)`` anchors of one modality (images, say).
         b: ``(N, D)`` paired embeddings of the other modality.
         margin: hinge margin ``alpha`` (> 0).
-        mining: ``sum`` over all negatives (VSE0) or ``hardest`` negative (VSE++).
+        mining: ``sum`` over all negatives (VSE0), ``hardest`` negative (VSE++), or
+            ``semihard``: the hardest negative that still scores below the positive
+            (FaceNet, Schroff et al. 2015), the hardest one where there is none.
         similarity: ``cosine`` or ``dot``.
         reduction: ``sum`` (as VSE++), ``mean`` over pairs, or ``none`` (per pair).
+        labels: optional ``(N,)`` classes; pairs with equal labels are never negatives.
 
     Example:
         >>> a = torch.eye(2); b = torch.eye(2)
@@ -49,16 +54,32 @@ def triplet(
         raise ValueError(f"mining must be one of {MININGS}, got {mining!r}")
     s = similarity_matrix(a, b, similarity)
     pos = s.diagonal()
-    eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
-    cost_b = (margin - pos[:, None] + s).clamp_min(0).masked_fill(eye, 0)  # a_i vs b_j
-    cost_a = (margin - pos[None, :] + s).clamp_min(0).masked_fill(eye, 0)  # b_j vs a_i
+    not_neg = make_positive_mask(s.shape[0], s.device, labels)
+    cost_b = (margin - pos[:, None] + s).clamp_min(0).masked_fill(not_neg, 0)  # a_i vs b_j
+    cost_a = (margin - pos[None, :] + s).clamp_min(0).masked_fill(not_neg, 0)  # b_j vs a_i
     if mining == "hardest":
         per = cost_b.max(1).values + cost_a.max(0).values
+    elif mining == "semihard":
+        per = _semihard(s, pos[:, None], not_neg, cost_b, 1) + _semihard(
+            s, pos[None, :], not_neg, cost_a, 0
+        )
     else:
         per = cost_b.sum(1) + cost_a.sum(0)
-    if reduction == "none":
-        return per
-    return per.sum() if reduction == "sum" else per.mean()
+    return reduce(per, reduction)
+
+
+def _semihard(
+    s: torch.Tensor, pos: torch.Tensor, not_neg: torch.Tensor, cost: torch.Tensor, dim: int
+) -> torch.Tensor:
+    """Cost of the hardest negative scoring below the positive (the hardest overall where no
+    negative does), along ``dim``."""
+    low = float("-inf")
+    below = (s < pos) & ~not_neg
+    masked = s.masked_fill(~below, low)
+    pick_semi = masked.argmax(dim)
+    pick_hard = s.masked_fill(not_neg, low).argmax(dim)
+    pick = torch.where(below.any(dim), pick_semi, pick_hard)
+    return cost.gather(dim, pick.unsqueeze(dim)).squeeze(dim)
 
 
 @LOSSES.register("triplet")
@@ -93,11 +114,13 @@ class TripletLoss(nn.Module):
         self.sum_warmup = sum_warmup
         self.register_buffer("num_calls", torch.zeros((), dtype=torch.long))
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> LossOutput:
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> LossOutput:
         mining = self.mining
         if self.training and torch.is_grad_enabled():
             if int(self.num_calls) < self.sum_warmup:
                 mining = "sum"
             self.num_calls += 1
-        loss = triplet(a, b, self.margin, mining, self.similarity, self.reduction)
+        loss = triplet(a, b, self.margin, mining, self.similarity, self.reduction, labels)
         return LossOutput(loss, {"hardest": float(mining == "hardest")})
