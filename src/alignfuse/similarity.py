@@ -40,11 +40,16 @@ def check_paired_batch(a: torch.Tensor, b: torch.Tensor, reduction: str, loss: s
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """``S[i, j] = <a_i, b_j> / (|a_i| |b_j|)``; zero-norm rows are an error."""
+def check_nonzero_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> None:
+    """Cosine similarity is undefined for a zero row: raise naming the argument."""
     for name, x in (("a", a), ("b", b)):
         if (x.norm(dim=1) <= eps).any():
             raise ValueError(f"{name} has a zero-norm row; cosine similarity is undefined")
+
+
+def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``S[i, j] = <a_i, b_j> / (|a_i| |b_j|)``; zero-norm rows are an error."""
+    check_nonzero_rows(a, b, eps)
     return F.normalize(a, dim=1, eps=eps) @ F.normalize(b, dim=1, eps=eps).T
 
 

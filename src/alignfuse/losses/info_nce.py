@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.losses._common import make_positive_mask, reduce
+from alignfuse.losses.chunked import chunked_info_nce
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
-from alignfuse.similarity import check_paired_batch, similarity_matrix
+from alignfuse.similarity import check_nonzero_rows, check_paired_batch, similarity_matrix
 
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
 
@@ -44,6 +45,7 @@ def info_nce(
     labels: torch.Tensor | None = None,
     positive_mask: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE between two batches of paired embeddings.
 
@@ -57,6 +59,9 @@ def info_nce(
         labels: optional ``(N,)`` integer classes; pairs with equal labels are positives.
         positive_mask: optional ``(N, N)`` bool mask of positives (instead of ``labels``).
         label_smoothing: ``eps`` in ``[0, 1)``.
+        chunk_size: compute the loss and its exact gradients in row chunks of this size,
+            so memory grows with ``N x chunk_size`` instead of ``N^2`` (see
+            :mod:`alignfuse.losses.chunked`; one positive per row, ``mean`` or ``sum``).
 
     Returns:
         The loss (a scalar, or ``(N,)`` with ``reduction="none"``).
@@ -69,9 +74,18 @@ def info_nce(
     check_paired_batch(a, b, reduction, "info_nce")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    n = a.shape[0]
+    if chunk_size is not None:
+        if labels is not None or positive_mask is not None or label_smoothing:
+            raise ValueError("chunk_size supports one positive per row and no label smoothing")
+        if reduction == "none":
+            raise ValueError("chunk_size gives the 'mean' or 'sum' reduction, not 'none'")
+        if similarity == "cosine":
+            check_nonzero_rows(a, b)
+        loss = chunked_info_nce(a, b, logit_scale, chunk_size, normalize=similarity == "cosine")
+        return loss * n if reduction == "sum" else loss
     scale = logit_scale.exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
     logits = similarity_matrix(a, b, similarity) * scale
-    n = a.shape[0]
     if labels is None and positive_mask is None and not label_smoothing:
         target = torch.arange(n, device=a.device)
         per = 0.5 * (
@@ -97,6 +111,7 @@ class InfoNCELoss(nn.Module):
         similarity: str = "cosine",
         reduction: str = "mean",
         label_smoothing: float = 0.0,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -112,12 +127,21 @@ class InfoNCELoss(nn.Module):
         self.similarity = similarity
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.chunk_size = chunk_size
 
     def forward(
         self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None
     ) -> LossOutput:
         scale = self.logit_scale.clamp(max=self.max_log_scale)
         loss = info_nce(
-            a, b, scale, self.similarity, self.reduction, labels, None, self.label_smoothing
+            a,
+            b,
+            scale,
+            self.similarity,
+            self.reduction,
+            labels,
+            None,
+            self.label_smoothing,
+            self.chunk_size if labels is None else None,
         )
         return LossOutput(loss, {"temperature": float(1.0 / scale.detach().exp())})

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.losses._common import make_positive_mask, reduce
+from alignfuse.losses.chunked import chunked_sigmoid
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
-from alignfuse.similarity import check_paired_batch, similarity_matrix
+from alignfuse.similarity import check_nonzero_rows, check_paired_batch, similarity_matrix
 
 LOG_10 = math.log(10.0)
 
@@ -35,6 +36,7 @@ def sigmoid_loss(
     reduction: str = "mean",
     labels: torch.Tensor | None = None,
     positive_mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss.
 
@@ -46,6 +48,8 @@ def sigmoid_loss(
         reduction: ``mean`` (the paper's: the sum over all pairs divided by ``N``), ``sum``,
             or ``none`` (per row ``i``: the sum over ``j``).
         labels, positive_mask: extra positives, as in :func:`info_nce`.
+        chunk_size: exact loss and gradients in row chunks (memory ``N x chunk_size``;
+            one positive per row, ``mean`` or ``sum``).
 
     Example:
         >>> a = torch.eye(2)
@@ -53,6 +57,17 @@ def sigmoid_loss(
         1.0064
     """
     check_paired_batch(a, b, reduction, "sigmoid")
+    if chunk_size is not None:
+        if labels is not None or positive_mask is not None:
+            raise ValueError("chunk_size supports one positive per row")
+        if reduction == "none":
+            raise ValueError("chunk_size gives the 'mean' or 'sum' reduction, not 'none'")
+        if similarity == "cosine":
+            check_nonzero_rows(a, b)
+        loss = chunked_sigmoid(
+            a, b, logit_scale, logit_bias, chunk_size, normalize=similarity == "cosine"
+        )
+        return loss * a.shape[0] if reduction == "sum" else loss
     scale = logit_scale.exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
     logits = similarity_matrix(a, b, similarity) * scale + logit_bias
     pos = make_positive_mask(a.shape[0], a.device, labels, positive_mask)
@@ -72,6 +87,7 @@ class SigmoidLoss(nn.Module):
         learnable: bool = True,
         similarity: str = "cosine",
         reduction: str = "mean",
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if scale <= 0:
@@ -83,12 +99,21 @@ class SigmoidLoss(nn.Module):
             self.register_buffer("logit_scale", t)
             self.register_buffer("logit_bias", bb)
         self.similarity, self.reduction = similarity, reduction
+        self.chunk_size = chunk_size
 
     def forward(
         self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None
     ) -> LossOutput:
         loss = sigmoid_loss(
-            a, b, self.logit_scale, self.logit_bias, self.similarity, self.reduction, labels
+            a,
+            b,
+            self.logit_scale,
+            self.logit_bias,
+            self.similarity,
+            self.reduction,
+            labels,
+            None,
+            self.chunk_size if labels is None else None,
         )
         return LossOutput(
             loss,
