@@ -81,6 +81,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     max_steps: int | None = None
     captions_per_image: int = 5
+    grad_cache_chunk: int | None = None
 
 
 @dataclass

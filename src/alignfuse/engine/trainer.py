@@ -33,6 +33,7 @@ from alignfuse.engine.checkpoint import (
     unflatten_optimizer,
 )
 from alignfuse.engine.evaluate import evaluate_split, images_to_tensor
+from alignfuse.engine.grad_cache import grad_cache_step
 from alignfuse.errors import CheckpointError, ConfigError, TrainingDivergedError
 from alignfuse.registry import DATASETS, LOSSES, MODELS
 
@@ -299,8 +300,15 @@ class Trainer:
                         self.step, self.total_steps, self.warmup
                     )
                 batch = self.batch(epoch, index, pairs)
-                a, b = self.model(batch["images"], batch["text"])
-                out = self.loss_fn(a, b)
+                self.optimizer.zero_grad(set_to_none=True)
+                chunk = self.cfg.train.grad_cache_chunk
+                if chunk:
+                    out = grad_cache_step(
+                        self.model, self.loss_fn, batch["images"], batch["text"], chunk
+                    )
+                else:
+                    a, b = self.model(batch["images"], batch["text"])
+                    out = self.loss_fn(a, b)
                 value = float(out.loss.detach())
                 if not math.isfinite(value):
                     latest = latest_checkpoint(self.run_dir / "checkpoints")
@@ -310,8 +318,8 @@ class Trainer:
                         f"{latest if latest is not None else 'none yet'}. Lower train.lr or "
                         "check the data."
                     )
-                self.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                if not chunk:
+                    out.loss.backward()  # type: ignore[no-untyped-call]
                 if self.cfg.train.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(
                         [p for g in self.optimizer.param_groups for p in g["params"]],
