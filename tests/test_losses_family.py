@@ -392,3 +392,27 @@ def test_every_registered_loss_contract(name, dtype):
         kw = {"labels": labels[perm]} if kwargs else {}
         again = loss(a.detach()[perm], b[perm], **kw).loss
         assert torch.allclose(again, out.loss.detach(), rtol=1e-5)
+
+
+def test_injected_similarities():
+    a, b = _pairs(n=5)
+    neg_l2 = triplet(a, b, 0.3, "hardest", similarity="neg_l2")
+    custom = triplet(a, b, 0.3, "hardest", similarity=lambda x, y: -torch.cdist(x, y))
+    assert torch.allclose(neg_l2, custom)
+    dot = info_nce(a, b, 0.0, similarity="dot")
+    assert torch.allclose(dot, info_nce(a, b, 0.0, similarity=lambda x, y: x @ y.T))
+    with pytest.raises(ValueError, match="must return"):
+        info_nce(a, b, similarity=lambda x, y: x[:, :2])
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        info_nce(a, b, similarity="l1")
+    with pytest.raises(ValueError, match="'cosine' or 'dot'"):
+        info_nce(a, b, similarity="neg_l2", chunk_size=2)
+
+
+@pytest.mark.parametrize("fn", [info_nce, triplet, sigmoid_loss, contrastive, ranking])
+def test_labels_of_the_wrong_shape_or_type(fn):
+    a, b = _pairs(n=4)
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        fn(a, b, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="labels must be integers"):
+        fn(a, b, labels=torch.tensor([0.0, 1.0, 0.0, 1.0]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -58,15 +60,45 @@ def dot_similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b.T
 
 
-SIMILARITIES = {"cosine": cosine_similarity_matrix, "dot": dot_similarity_matrix}
+def neg_l2_similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``S[i, j] = -||a_i - b_j||_2`` (a distance turned into a similarity: higher = closer)."""
+    return -torch.cdist(a, b)
 
 
-def similarity_matrix(a: torch.Tensor, b: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """Similarity of every row of ``a`` with every row of ``b`` (``cosine`` or ``dot``)."""
+Similarity = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cosine": cosine_similarity_matrix,
+    "dot": dot_similarity_matrix,
+    "neg_l2": neg_l2_similarity_matrix,
+}
+
+
+def similarity_matrix(
+    a: torch.Tensor, b: torch.Tensor, kind: Similarity = "cosine"
+) -> torch.Tensor:
+    """Similarity of every row of ``a`` with every row of ``b``.
+
+    ``kind`` is ``cosine``, ``dot``, ``neg_l2``, or any callable ``(a, b) -> (N_a, N_b)``
+    whose output grows with similarity (a distance must be negated).
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+        >>> similarity_matrix(a, a, "neg_l2")
+        tensor([[ 0., -5.],
+                [-5.,  0.]])
+    """
+    if callable(kind):
+        out = kind(a, b)
+        if not isinstance(out, torch.Tensor) or out.shape != (a.shape[0], b.shape[0]):
+            raise ValueError(
+                f"similarity callable must return ({a.shape[0]}, {b.shape[0]}), got "
+                f"{getattr(out, 'shape', type(out).__name__)}"
+            )
+        return out
     try:
         fn = SIMILARITIES[kind]
     except KeyError:
         raise ValueError(
-            f"similarity must be one of {sorted(SIMILARITIES)}, got {kind!r}"
+            f"similarity must be one of {sorted(SIMILARITIES)} or a callable, got {kind!r}"
         ) from None
     return fn(a, b)

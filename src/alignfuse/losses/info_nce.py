@@ -24,7 +24,12 @@ from alignfuse.losses._common import make_positive_mask, reduce
 from alignfuse.losses.chunked import chunked_info_nce
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
-from alignfuse.similarity import check_nonzero_rows, check_paired_batch, similarity_matrix
+from alignfuse.similarity import (
+    Similarity,
+    check_nonzero_rows,
+    check_paired_batch,
+    similarity_matrix,
+)
 
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
 
@@ -40,7 +45,7 @@ def info_nce(
     a: torch.Tensor,
     b: torch.Tensor,
     logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
-    similarity: str = "cosine",
+    similarity: Similarity = "cosine",
     reduction: str = "mean",
     labels: torch.Tensor | None = None,
     positive_mask: torch.Tensor | None = None,
@@ -80,6 +85,8 @@ def info_nce(
             raise ValueError("chunk_size supports one positive per row and no label smoothing")
         if reduction == "none":
             raise ValueError("chunk_size gives the 'mean' or 'sum' reduction, not 'none'")
+        if similarity not in ("cosine", "dot"):
+            raise ValueError("chunk_size supports similarity 'cosine' or 'dot'")
         if similarity == "cosine":
             check_nonzero_rows(a, b)
         loss = chunked_info_nce(a, b, logit_scale, chunk_size, normalize=similarity == "cosine")
@@ -108,7 +115,7 @@ class InfoNCELoss(nn.Module):
         temperature: float = 0.07,
         learnable: bool = True,
         max_scale: float = 100.0,
-        similarity: str = "cosine",
+        similarity: Similarity = "cosine",
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         chunk_size: int | None = None,

@@ -20,7 +20,7 @@ from torch import nn
 from alignfuse.losses._common import make_positive_mask, reduce
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
-from alignfuse.similarity import check_paired_batch, similarity_matrix
+from alignfuse.similarity import Similarity, check_paired_batch, similarity_matrix
 
 
 def smooth_ap(scores: torch.Tensor, positives: torch.Tensor, tau: float = 0.01) -> torch.Tensor:
@@ -44,7 +44,7 @@ def ranking(
     a: torch.Tensor,
     b: torch.Tensor,
     tau: float = 0.01,
-    similarity: str = "cosine",
+    similarity: Similarity = "cosine",
     reduction: str = "mean",
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:

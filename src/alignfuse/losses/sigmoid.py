@@ -22,7 +22,12 @@ from alignfuse.losses._common import make_positive_mask, reduce
 from alignfuse.losses.chunked import chunked_sigmoid
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
-from alignfuse.similarity import check_nonzero_rows, check_paired_batch, similarity_matrix
+from alignfuse.similarity import (
+    Similarity,
+    check_nonzero_rows,
+    check_paired_batch,
+    similarity_matrix,
+)
 
 LOG_10 = math.log(10.0)
 
@@ -32,7 +37,7 @@ def sigmoid_loss(
     b: torch.Tensor,
     logit_scale: torch.Tensor | float = LOG_10,
     logit_bias: torch.Tensor | float = -10.0,
-    similarity: str = "cosine",
+    similarity: Similarity = "cosine",
     reduction: str = "mean",
     labels: torch.Tensor | None = None,
     positive_mask: torch.Tensor | None = None,
@@ -62,6 +67,8 @@ def sigmoid_loss(
             raise ValueError("chunk_size supports one positive per row")
         if reduction == "none":
             raise ValueError("chunk_size gives the 'mean' or 'sum' reduction, not 'none'")
+        if similarity not in ("cosine", "dot"):
+            raise ValueError("chunk_size supports similarity 'cosine' or 'dot'")
         if similarity == "cosine":
             check_nonzero_rows(a, b)
         loss = chunked_sigmoid(
@@ -85,7 +92,7 @@ class SigmoidLoss(nn.Module):
         scale: float = 10.0,
         bias: float = -10.0,
         learnable: bool = True,
-        similarity: str = "cosine",
+        similarity: Similarity = "cosine",
         reduction: str = "mean",
         chunk_size: int | None = None,
     ) -> None:

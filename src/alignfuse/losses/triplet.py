@@ -15,7 +15,7 @@ from torch import nn
 from alignfuse.losses._common import make_positive_mask, reduce
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
-from alignfuse.similarity import check_paired_batch, similarity_matrix
+from alignfuse.similarity import Similarity, check_paired_batch, similarity_matrix
 
 MININGS = ("sum", "hardest", "semihard")
 
@@ -25,7 +25,7 @@ def triplet(
     b: torch.Tensor,
     margin: float = 0.2,
     mining: str = "sum",
-    similarity: str = "cosine",
+    similarity: Similarity = "cosine",
     reduction: str = "sum",
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -98,7 +98,7 @@ class TripletLoss(nn.Module):
         self,
         margin: float = 0.2,
         mining: str = "sum",
-        similarity: str = "cosine",
+        similarity: Similarity = "cosine",
         reduction: str = "sum",
         sum_warmup: int = 0,
     ) -> None:
