@@ -416,3 +416,21 @@ def test_labels_of_the_wrong_shape_or_type(fn):
         fn(a, b, labels=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="labels must be integers"):
         fn(a, b, labels=torch.tensor([0.0, 1.0, 0.0, 1.0]))
+
+
+def test_losses_on_a_precomputed_similarity_matrix():
+    from alignfuse.losses import info_nce_from_similarity, triplet_from_similarity
+
+    a, b = _pairs(n=6)
+    s = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+    for mining in ("sum", "hardest", "semihard"):
+        assert torch.allclose(triplet_from_similarity(s, 0.2, mining), triplet(a, b, 0.2, mining))
+    labels = torch.tensor([0, 1, 0, 2, 1, 3])
+    assert torch.allclose(
+        info_nce_from_similarity(s, 1.0, labels=labels, label_smoothing=0.1),
+        info_nce(a, b, 1.0, labels=labels, label_smoothing=0.1),
+    )
+    with pytest.raises(ValueError, match="square"):
+        triplet_from_similarity(s[:, :4])
+    with pytest.raises(ValueError, match="NaN"):
+        info_nce_from_similarity(s * float("nan"))

@@ -28,6 +28,23 @@ def check_pair(a: torch.Tensor, b: torch.Tensor, name_a: str = "a", name_b: str 
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def check_similarity(sims: torch.Tensor, reduction: str, loss: str) -> None:
+    """Validate a precomputed ``(N, N)`` similarity matrix whose diagonal holds the matched
+    pairs: square, floating point, finite, ``N >= 2``, a known ``reduction``."""
+    if not isinstance(sims, torch.Tensor):
+        raise TypeError(f"sims must be a torch.Tensor, got {type(sims).__name__}")
+    if sims.ndim != 2 or sims.shape[0] != sims.shape[1]:
+        raise ValueError(f"sims must be a square (N, N) matrix, got {tuple(sims.shape)}")
+    if sims.shape[0] < 2:
+        raise ValueError(f"{loss} needs a batch of at least 2 pairs (there are no negatives)")
+    if not sims.is_floating_point():
+        raise ValueError(f"sims must be floating point, got {sims.dtype}")
+    if not torch.isfinite(sims).all():
+        raise ValueError("sims contains NaN or Inf")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
 def check_paired_batch(a: torch.Tensor, b: torch.Tensor, reduction: str, loss: str) -> None:
     """Validate the inputs of a pairwise loss over in-batch negatives: :func:`check_pair`, the
     same number of rows, at least two pairs, and a known ``reduction``."""

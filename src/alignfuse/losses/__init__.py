@@ -2,14 +2,14 @@
 :class:`~alignfuse.outputs.LossOutput`."""
 
 from alignfuse.losses.contrastive import ContrastiveLoss, contrastive
-from alignfuse.losses.info_nce import InfoNCELoss, info_nce
+from alignfuse.losses.info_nce import InfoNCELoss, info_nce, info_nce_from_similarity
 from alignfuse.losses.matching import MatchingLoss, PairHead, matching, sample_hard_negatives
 from alignfuse.losses.n_pair import NPairLoss, n_pair
 from alignfuse.losses.quadruplet import StructurePreservingLoss, structure_preserving
 from alignfuse.losses.ranking import RankingLoss, ranking, smooth_ap
 from alignfuse.losses.sigmoid import SigmoidLoss, sigmoid_loss
 from alignfuse.losses.token_wise import TokenWiseLoss, token_wise, token_wise_similarity
-from alignfuse.losses.triplet import TripletLoss, triplet
+from alignfuse.losses.triplet import TripletLoss, triplet, triplet_from_similarity
 from alignfuse.losses.triplet_center import TripletCenterLoss, triplet_center
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "TripletLoss",
     "contrastive",
     "info_nce",
+    "info_nce_from_similarity",
     "matching",
     "n_pair",
     "ranking",
@@ -37,4 +38,5 @@ __all__ = [
     "token_wise_similarity",
     "triplet",
     "triplet_center",
+    "triplet_from_similarity",
 ]

@@ -28,6 +28,7 @@ from alignfuse.similarity import (
     Similarity,
     check_nonzero_rows,
     check_paired_batch,
+    check_similarity,
     similarity_matrix,
 )
 
@@ -91,16 +92,36 @@ def info_nce(
             check_nonzero_rows(a, b)
         loss = chunked_info_nce(a, b, logit_scale, chunk_size, normalize=similarity == "cosine")
         return loss * n if reduction == "sum" else loss
+    sims = similarity_matrix(a, b, similarity)
+    return info_nce_from_similarity(
+        sims, logit_scale, reduction, labels, positive_mask, label_smoothing
+    )
+
+
+def info_nce_from_similarity(
+    sims: torch.Tensor,
+    logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
+    reduction: str = "mean",
+    labels: torch.Tensor | None = None,
+    positive_mask: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Symmetric InfoNCE on a precomputed ``(N, N)`` similarity matrix (pairs on the
+    diagonal), e.g. from a cross-attention scorer. Arguments as :func:`info_nce`."""
+    check_similarity(sims, reduction, "info_nce")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    n = sims.shape[0]
     scale = logit_scale.exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
-    logits = similarity_matrix(a, b, similarity) * scale
+    logits = sims * scale
     if labels is None and positive_mask is None and not label_smoothing:
-        target = torch.arange(n, device=a.device)
+        target = torch.arange(n, device=sims.device)
         per = 0.5 * (
             F.cross_entropy(logits, target, reduction="none")
             + F.cross_entropy(logits.T, target, reduction="none")
         )
         return reduce(per, reduction)
-    pos = make_positive_mask(n, a.device, labels, positive_mask)
+    pos = make_positive_mask(n, sims.device, labels, positive_mask)
     row = -(_targets(pos, label_smoothing, logits.dtype) * logits.log_softmax(1)).sum(1)
     col = -(_targets(pos.T, label_smoothing, logits.dtype) * logits.T.log_softmax(1)).sum(1)
     return reduce(0.5 * (row + col), reduction)

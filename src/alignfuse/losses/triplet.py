@@ -15,7 +15,12 @@ from torch import nn
 from alignfuse.losses._common import make_positive_mask, reduce
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
-from alignfuse.similarity import Similarity, check_paired_batch, similarity_matrix
+from alignfuse.similarity import (
+    Similarity,
+    check_paired_batch,
+    check_similarity,
+    similarity_matrix,
+)
 
 MININGS = ("sum", "hardest", "semihard")
 
@@ -52,7 +57,26 @@ def triplet(
         raise ValueError(f"margin must be > 0, got {margin}")
     if mining not in MININGS:
         raise ValueError(f"mining must be one of {MININGS}, got {mining!r}")
-    s = similarity_matrix(a, b, similarity)
+    return triplet_from_similarity(
+        similarity_matrix(a, b, similarity), margin, mining, reduction, labels
+    )
+
+
+def triplet_from_similarity(
+    sims: torch.Tensor,
+    margin: float = 0.2,
+    mining: str = "sum",
+    reduction: str = "sum",
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bidirectional triplet loss on a precomputed ``(N, N)`` similarity matrix (pairs on
+    the diagonal), e.g. SCAN's cross-attention scores. Arguments as :func:`triplet`."""
+    check_similarity(sims, reduction, "triplet")
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    if mining not in MININGS:
+        raise ValueError(f"mining must be one of {MININGS}, got {mining!r}")
+    s = sims
     pos = s.diagonal()
     not_neg = make_positive_mask(s.shape[0], s.device, labels)
     cost_b = (margin - pos[:, None] + s).clamp_min(0).masked_fill(not_neg, 0)  # a_i vs b_j
