@@ -434,3 +434,36 @@ def test_losses_on_a_precomputed_similarity_matrix():
         triplet_from_similarity(s[:, :4])
     with pytest.raises(ValueError, match="NaN"):
         info_nce_from_similarity(s * float("nan"))
+
+
+def test_local_contrastive_loop():
+    from alignfuse.losses import local_contrastive, local_similarity
+
+    g = torch.Generator().manual_seed(1)
+    regions = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    words = torch.randn(3, 3, 5, generator=g, dtype=torch.float64)
+    wm = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    R, W = regions.tolist(), words.tolist()
+    z = np.zeros((3, 3))
+    for i, j in itertools.product(range(3), range(3)):
+        terms = []
+        for k in range(3):
+            if not wm[j, k]:
+                continue
+            wn = _norm(W[j][k])
+            logits = [4.0 * _dot(wn, _norm(R[i][r])) for r in range(4)]
+            mx = max(logits)
+            e = [math.exp(v - mx) for v in logits]
+            att = [v / sum(e) for v in e]
+            c = [sum(att[r] * R[i][r][d] for r in range(4)) for d in range(5)]
+            terms.append(5.0 * _dot(_norm(c), wn))
+        z[i, j] = math.log(sum(math.exp(t) for t in terms)) / 5.0
+    got = local_similarity(regions, words, wm, chunk=2)
+    assert np.allclose(got.numpy(), z)
+    want = info_nce_from_sims_reference(torch.tensor(z), 10.0)
+    assert float(local_contrastive(regions, words, wm)) == pytest.approx(want)
+
+
+def info_nce_from_sims_reference(z, scale):
+    t = torch.arange(len(z))
+    return float(0.5 * (F.cross_entropy(z * scale, t) + F.cross_entropy(z.T * scale, t)))

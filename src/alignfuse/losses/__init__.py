@@ -3,6 +3,7 @@
 
 from alignfuse.losses.contrastive import ContrastiveLoss, contrastive
 from alignfuse.losses.info_nce import InfoNCELoss, info_nce, info_nce_from_similarity
+from alignfuse.losses.local import LocalContrastiveLoss, local_contrastive, local_similarity
 from alignfuse.losses.matching import MatchingLoss, PairHead, matching, sample_hard_negatives
 from alignfuse.losses.n_pair import NPairLoss, n_pair
 from alignfuse.losses.quadruplet import StructurePreservingLoss, structure_preserving
@@ -15,6 +16,7 @@ from alignfuse.losses.triplet_center import TripletCenterLoss, triplet_center
 __all__ = [
     "ContrastiveLoss",
     "InfoNCELoss",
+    "LocalContrastiveLoss",
     "MatchingLoss",
     "NPairLoss",
     "PairHead",
@@ -27,6 +29,8 @@ __all__ = [
     "contrastive",
     "info_nce",
     "info_nce_from_similarity",
+    "local_contrastive",
+    "local_similarity",
     "matching",
     "n_pair",
     "ranking",
