@@ -1,0 +1,10 @@
+"""Explicit statistical alignment: scikit-learn-style estimators over two views (numpy or
+torch), and the differentiable deep-CCA objective."""
+
+from alignfuse.correlation.cca import CCA
+from alignfuse.correlation.kcca import KCCA, kernel_matrix
+from alignfuse.correlation.loss import CCALoss, cca_loss
+from alignfuse.correlation.pls import PLS
+from alignfuse.correlation.procrustes import Procrustes
+
+__all__ = ["CCA", "KCCA", "PLS", "CCALoss", "Procrustes", "cca_loss", "kernel_matrix"]

@@ -1,0 +1,84 @@
+"""Shared input handling and the estimator base class of the correlation family.
+
+Estimators accept numpy arrays and torch tensors alike. Numpy inputs are computed in
+float64 (on the CPU) and give numpy outputs; torch inputs are computed in their own
+floating dtype on their own device and give tensors.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+
+Array = np.ndarray | torch.Tensor
+
+
+def as_matrix(x: Any, name: str) -> tuple[torch.Tensor, bool]:
+    """``x`` as a 2-D floating tensor, and whether it came as numpy (or a list)."""
+    was_numpy = not isinstance(x, torch.Tensor)
+    if was_numpy:
+        arr = np.asarray(x)
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+    else:
+        t = x if x.is_floating_point() else x.double()
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}")
+    if t.shape[0] < 2 or t.shape[1] < 1:
+        raise ValueError(f"{name} needs at least 2 rows and 1 column, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t, was_numpy
+
+
+def as_output(t: torch.Tensor, was_numpy: bool) -> Array:
+    """Back to numpy if the input was numpy."""
+    return t.detach().cpu().numpy() if was_numpy else t
+
+
+def check_views(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Two views must pair their rows."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"X and Y must have the same number of rows (paired samples): "
+            f"{x.shape[0]} vs {y.shape[0]}"
+        )
+
+
+def check_components(n_components: int, limit: int, why: str) -> None:
+    """``1 <= n_components <= limit``."""
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+    if n_components > limit:
+        raise ValueError(f"n_components={n_components} exceeds {why} ({limit})")
+
+
+def column_correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each column of ``a`` with the same column of ``b``."""
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    den = a.norm(dim=0) * b.norm(dim=0)
+    out: torch.Tensor = (a * b).sum(0) / den.clamp_min(torch.finfo(a.dtype).tiny)
+    return out
+
+
+class Estimator:
+    """scikit-learn conventions: ``__init__`` stores arguments only; fitted attributes end
+    in ``_``; ``get_params`` and ``repr`` show the arguments."""
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _check_fitted(self, attr: str) -> None:
+        if not hasattr(self, attr):
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(X, Y) first")

@@ -1,0 +1,184 @@
+"""The CCA family against scikit-learn and against mathematical facts."""
+
+import numpy as np
+import pytest
+import torch
+
+import alignfuse
+from alignfuse.correlation import CCA, KCCA, PLS, Procrustes, cca_loss
+
+
+def _views(n=400, p=6, q=4, shared=2, seed=0, noise=0.5):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, shared))
+    X = z @ rng.normal(size=(shared, p)) + noise * rng.normal(size=(n, p))
+    Y = z @ rng.normal(size=(shared, q)) + noise * rng.normal(size=(n, q))
+    return X, Y
+
+
+@pytest.mark.parametrize(("n", "p", "q", "k"), [(300, 6, 4, 3), (500, 10, 10, 4), (200, 3, 8, 2)])
+def test_matches_sklearn_cca_run_to_convergence(n, p, q, k):
+    from sklearn.cross_decomposition import CCA as SkCCA
+
+    X, Y = _views(n, p, q, seed=n)
+    sk = SkCCA(n_components=k, scale=False, max_iter=20000, tol=1e-14).fit(X, Y)
+    xs, ys = sk.transform(X, Y)
+    sk_corr = [abs(np.corrcoef(xs[:, i], ys[:, i])[0, 1]) for i in range(k)]
+    ours = CCA(n_components=k).fit(X, Y)
+    assert np.allclose(ours.correlations_, sk_corr, atol=1e-4)
+    assert np.allclose(ours.score(X, Y), ours.correlations_, atol=1e-10)
+
+
+def test_identical_views_correlate_perfectly():
+    X, _ = _views()
+    assert np.allclose(CCA(n_components=4).fit(X, X).correlations_, 1.0)
+    assert float(cca_loss(torch.from_numpy(X), torch.from_numpy(X), reg=0.0)) == pytest.approx(-6.0)
+
+
+def test_ridge_zero_equals_plain_and_ridge_shrinks():
+    X, Y = _views(seed=3)
+    plain = CCA(n_components=3).fit(X, Y)
+    tiny = CCA(n_components=3, reg_x=1e-12, reg_y=1e-12).fit(X, Y)  # covariance path
+    assert np.allclose(plain.correlations_, tiny.correlations_, atol=1e-8)
+    assert np.allclose(np.abs(plain.transform(X)), np.abs(tiny.transform(X)), atol=1e-5)
+    big = CCA(n_components=3, reg_x=10.0, reg_y=10.0).fit(X, Y)
+    assert (big.correlations_ < plain.correlations_).all()
+
+
+def test_invariant_to_invertible_linear_maps():
+    X, Y = _views(seed=4)
+    rng = np.random.default_rng(9)
+    A, B = rng.normal(size=(6, 6)), rng.normal(size=(4, 4))
+    base = CCA(n_components=4).fit(X, Y).correlations_
+    moved = CCA(n_components=4).fit(X @ A + 3.0, Y @ B - 1.0).correlations_
+    assert np.allclose(base, moved, atol=1e-9)
+
+
+def test_scores_are_uncorrelated_unit_variance():
+    X, Y = _views(seed=5)
+    zx, zy = CCA(n_components=3).fit_transform(X, Y)
+    assert np.allclose(np.cov(zx.T), np.eye(3), atol=1e-8)
+    assert np.allclose(np.cov(zy.T), np.eye(3), atol=1e-8)
+
+
+def test_kcca_linear_kernel_matches_ridge_cca():
+    X, Y = _views(n=300, seed=6)
+    for reg in (1e-3, 0.5):
+        k = KCCA(n_components=3, kernel="linear", reg_x=reg, reg_y=reg).fit(X, Y)
+        c = CCA(n_components=3, reg_x=reg, reg_y=reg).fit(X, Y)
+        assert np.allclose(k.correlations_, c.correlations_, atol=1e-7)
+        zx_k, _ = k.transform(X[:50], Y[:50])
+        zx_c, _ = c.transform(X[:50], Y[:50])
+        assert np.allclose(np.abs(zx_k), np.abs(zx_c), atol=1e-6)
+
+
+def _nonlinear(n, seed):
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(-np.pi, np.pi, size=(n, 1))
+    X = np.hstack([np.cos(t), np.sin(t)]) + 0.05 * rng.normal(size=(n, 2))
+    # sin(2t) = 2 cos t sin t: a product of X's coordinates, linearly uncorrelated with both
+    Y = np.hstack([np.sin(2 * t), rng.normal(size=(n, 1))]) + 0.05 * rng.normal(size=(n, 2))
+    return X, Y
+
+
+def test_kcca_rbf_beats_linear_cca_on_nonlinear_signal():
+    X, Y = _nonlinear(1200, 0)
+    Xt, Yt = _nonlinear(600, 1)
+    lin = CCA(n_components=1).fit(X, Y).score(Xt, Yt)[0]
+    ker = KCCA(n_components=1, kernel="rbf", gamma=1.0, reg_x=1e-2, reg_y=1e-2).fit(X, Y)
+    assert ker.score(Xt, Yt)[0] > lin + 0.3
+
+
+def test_nystrom_close_to_exact_on_held_out():
+    X, Y = _nonlinear(1500, 2)
+    Xt, Yt = _nonlinear(800, 3)
+    kw = dict(n_components=2, kernel="rbf", gamma=1.0, reg_x=1e-2, reg_y=1e-2)
+    exact = KCCA(**kw).fit(X, Y).score(Xt, Yt)
+    approx = KCCA(**kw, method="nystrom", n_landmarks=300).fit(X, Y).score(Xt, Yt)
+    assert np.abs(np.abs(exact) - np.abs(approx)).max() < 0.02
+
+
+def test_procrustes_recovers_rotation_and_scale():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 5))
+    R, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    Y = 2.5 * X @ R + np.arange(5)
+    m = Procrustes(scaling=True).fit(X, Y)
+    assert np.allclose(m.rotation_, R, atol=1e-10) and m.scale_ == pytest.approx(2.5)
+    assert m.score(X, Y) == pytest.approx(1.0)
+    assert np.allclose(m.transform(X), Y)
+    with pytest.raises(ValueError, match="same number of features"):
+        Procrustes().fit(X, X[:, :3])
+
+
+def test_pls_matches_sklearn_plssvd():
+    from sklearn.cross_decomposition import PLSSVD
+
+    X, Y = _views(seed=8)
+    sk = PLSSVD(n_components=3, scale=False).fit(X, Y)
+    ours = PLS(n_components=3).fit(X, Y)
+    assert np.allclose(np.abs(ours.x_weights_), np.abs(sk.x_weights_), atol=1e-8)
+    assert np.allclose(np.abs(ours.y_weights_), np.abs(sk.y_weights_), atol=1e-8)
+    zx, _ = ours.transform(X, Y)
+    assert np.allclose(np.abs(zx), np.abs(sk.transform(X)), atol=1e-8)
+
+
+def test_numpy_in_numpy_out_torch_in_torch_out():
+    X, Y = _views()
+    m = CCA(n_components=2).fit(X, Y)
+    assert isinstance(m.transform(X), np.ndarray) and isinstance(m.correlations_, np.ndarray)
+    tx, ty = torch.from_numpy(X).float(), torch.from_numpy(Y).float()
+    mt = CCA(n_components=2).fit(tx, ty)
+    z = mt.transform(tx)
+    assert isinstance(z, torch.Tensor) and z.dtype == torch.float32
+    assert np.allclose(mt.correlations_.numpy(), m.correlations_, atol=1e-4)
+    assert "CCA(n_components=2" in repr(mt)
+
+
+def test_cca_loss_equals_cca_and_gradcheck():
+    X, Y = _views(n=200, seed=10)
+    a, b = torch.from_numpy(X), torch.from_numpy(Y)
+    want = CCA(n_components=3).fit(X, Y).correlations_.sum()
+    assert float(cca_loss(a, b, 3, reg=0.0)) == pytest.approx(-want, rel=1e-8)
+    a_small = a[:20, :3].clone().requires_grad_(True)
+    b_small = b[:20, :2].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, y: cca_loss(x, y, reg=1e-3), (a_small, b_small))
+    # a near-singular batch stays finite with the ridge
+    dup = torch.cat([a[:10, :2], a[:10, :2]], 1).requires_grad_(True)
+    out = alignfuse.create_loss("cca")(dup, b[:10, :2])
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(dup.grad).all()
+
+
+@pytest.mark.parametrize("est", [CCA(2), KCCA(2), PLS(2)])
+def test_bad_inputs(est):
+    X, Y = _views()
+    with pytest.raises(ValueError, match="same number of rows"):
+        est.fit(X, Y[:-1])
+    bad = X.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN"):
+        est.fit(bad, Y)
+    with pytest.raises(ValueError, match="n_components"):
+        type(est)(n_components=10_000).fit(X, Y)
+    with pytest.raises(ValueError, match="2-D"):
+        est.fit(X[:, 0], Y)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        type(est)(n_components=2).transform(X)
+    est.fit(X, Y)
+    with pytest.raises(ValueError, match="features"):
+        est.transform(X[:, :3])
+
+
+def test_rank_deficiency_is_a_clear_error_not_nan():
+    X, Y = _views()
+    X = np.hstack([X, X[:, :1]])  # duplicated column
+    with pytest.raises(ValueError, match="rank deficient.*reg_x"):
+        CCA(2).fit(X, Y)
+    const = np.hstack([Y, np.ones((len(Y), 1))])
+    with pytest.raises(ValueError, match="Y is rank deficient"):
+        CCA(2).fit(X[:, :6], const)
+    ok = CCA(2, reg_x=1e-3).fit(X, Y)
+    assert np.isfinite(ok.correlations_).all()
+    with pytest.raises(ValueError, match="n_samples - 1"):
+        CCA(3).fit(X[:3, :4], Y[:3])
