@@ -29,6 +29,15 @@ def test_matches_sklearn_cca_run_to_convergence(n, p, q, k):
     assert np.allclose(ours.score(X, Y), ours.correlations_, atol=1e-10)
 
 
+@pytest.mark.parametrize(("n", "p", "q", "k"), [(300, 6, 4, 3), (1000, 30, 20, 10)])
+def test_matches_cca_zoo(n, p, q, k):
+    cz = pytest.importorskip("cca_zoo.linear")
+    X, Y = _views(n, p, q, seed=n + 1)
+    zx, zy = cz.CCA(n_components=k).fit((X, Y)).transform((X, Y))
+    ref = [np.corrcoef(zx[:, i], zy[:, i])[0, 1] for i in range(k)]
+    assert np.allclose(CCA(n_components=k).fit(X, Y).correlations_, ref, atol=1e-6)
+
+
 def test_identical_views_correlate_perfectly():
     X, _ = _views()
     assert np.allclose(CCA(n_components=4).fit(X, X).correlations_, 1.0)
