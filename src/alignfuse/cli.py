@@ -49,7 +49,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench import load_suite, run_suite
+    from alignfuse.bench.correlation import is_correlation_suite, run_correlation_suite
 
+    if is_correlation_suite(args.suite):
+        if args.overrides:
+            raise AlignfuseError("a correlation suite takes no dotted overrides; edit its YAML")
+        run_correlation_suite(args.suite, Path(args.out) if args.out else Path("runs") / args.suite)
+        return 0
     suite = load_suite(args.suite, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / suite.name
     run_suite(suite, out, progress=None if not args.no_progress else False)
@@ -91,6 +97,45 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics, _ = evaluate(trainer.model, data, args.splits or cfg.eval.splits, cfg.eval.batch_size)
     (run / "eval.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from alignfuse.bench.correlation import make_estimator
+    from alignfuse.correlation import SCM, Procrustes, save_estimator
+    from alignfuse.correlation.evaluate import evaluate_two_view
+    from alignfuse.data.twoview import load_twoview_files
+
+    data = load_twoview_files(args.x, args.y, args.labels, test_fraction=args.test_fraction)
+    train, test = data["train"], data["test"]
+    if args.method == "procrustes":
+        est = Procrustes(scaling=True).fit(train.x, train.y)
+        pred = np.asarray(est.transform(test.x))
+        a = pred / np.linalg.norm(pred, axis=1, keepdims=True).clip(1e-12)
+        b = test.y / np.linalg.norm(test.y, axis=1, keepdims=True).clip(1e-12)
+        ranks = (a @ b.T >= np.sum(a * b, 1)[:, None]).sum(1)
+        print(
+            f"held-out R^2 {est.score(test.x, test.y):.4f}; x->y retrieval "
+            + ", ".join(f"R@{k} {np.mean(ranks <= k):.3f}" for k in (1, 5, 10))
+        )
+    else:
+        reg = {} if args.method == "pls" else {"reg_x": args.reg, "reg_y": args.reg}
+        est = make_estimator(args.method, args.dim, reg)
+        if isinstance(est, SCM):
+            if train.labels is None:
+                raise AlignfuseError("--method scm needs --labels")
+            est.fit(train.x, train.y, train.labels)
+        else:
+            est.fit(train.x, train.y)
+        corr = np.abs(np.asarray(est.score(test.x, test.y)))
+        print(f"held-out canonical correlations ({len(test)} rows): {np.round(corr, 4).tolist()}")
+        metrics = evaluate_two_view(est, data, args.dim)
+        print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    out = Path(args.out) if args.out else Path("runs") / f"align-{args.method}"
+    save_estimator(est, out)
+    print(f"saved {out / 'model.safetensors'} and {out / 'model.json'}")
     return 0
 
 
@@ -139,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--splits", nargs="*", help="splits to evaluate (default: the config's)")
     e.set_defaults(func=_cmd_eval)
+
+    al = sub.add_parser("align", help="fit a correlation method on two views (.npy / .npz)")
+    al.add_argument("x", help="view 1 (.npy), or an .npz holding X, Y (and labels)")
+    al.add_argument("y", nargs="?", help="view 2 (.npy)")
+    al.add_argument("--method", default="cca", choices=["cca", "kcca", "scm", "procrustes", "pls"])
+    al.add_argument("--dim", type=int, default=2, help="number of components")
+    al.add_argument("--reg", type=float, default=1e-3, help="ridge per view")
+    al.add_argument("--labels", help="class labels (.npy), needed by scm")
+    al.add_argument("--test-fraction", type=float, default=0.2)
+    al.add_argument("--out", help="folder for the fitted model (default runs/align-METHOD)")
+    al.set_defaults(func=_cmd_align)
 
     d = sub.add_parser("data", help="generate and export built-in data")
     d.add_argument("dataset", choices=["shapes"])

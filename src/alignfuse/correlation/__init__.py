@@ -2,9 +2,22 @@
 torch), and the differentiable deep-CCA objective."""
 
 from alignfuse.correlation.cca import CCA
+from alignfuse.correlation.io import load_estimator, save_estimator
 from alignfuse.correlation.kcca import KCCA, kernel_matrix
 from alignfuse.correlation.loss import CCALoss, cca_loss
 from alignfuse.correlation.pls import PLS
 from alignfuse.correlation.procrustes import Procrustes
+from alignfuse.correlation.scm import SCM
 
-__all__ = ["CCA", "KCCA", "PLS", "CCALoss", "Procrustes", "cca_loss", "kernel_matrix"]
+__all__ = [
+    "CCA",
+    "KCCA",
+    "PLS",
+    "SCM",
+    "CCALoss",
+    "Procrustes",
+    "cca_loss",
+    "kernel_matrix",
+    "load_estimator",
+    "save_estimator",
+]

@@ -1,0 +1,155 @@
+"""The ``correlation`` benchmark: every correlation method on two-view data, one protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from alignfuse._io import write_text_atomic
+from alignfuse.correlation import CCA, KCCA, PLS, SCM
+from alignfuse.correlation.evaluate import evaluate_two_view
+from alignfuse.errors import ConfigError
+from alignfuse.registry import DATASETS, suggest
+
+METHODS: dict[str, type[Any]] = {"cca": CCA, "kcca": KCCA, "pls": PLS, "scm": SCM}
+KEYS = {"name", "kind", "description", "data", "components", "methods"}
+
+
+def is_correlation_suite(name_or_path: str) -> bool:
+    """Whether a suite (built-in name or YAML path) is of kind ``correlation``."""
+    raw = _read(name_or_path)
+    return isinstance(raw, dict) and raw.get("kind") == "correlation"
+
+
+def _read(name_or_path: str) -> Any:
+    p = Path(name_or_path)
+    if p.is_file():
+        return yaml.safe_load(p.read_text())
+    f = resources.files("alignfuse.bench") / "suites" / f"{name_or_path}.yaml"
+    return yaml.safe_load(f.read_text()) if f.is_file() else None
+
+
+def make_estimator(method: str, n_components: int, args: dict[str, Any]) -> Any:
+    """Build a correlation estimator by method name."""
+    if method not in METHODS:
+        raise ConfigError(
+            f"unknown method {method!r}{suggest(method, sorted(METHODS))} (known: {', '.join(sorted(METHODS))})"
+        )
+    try:
+        return METHODS[method](n_components=n_components, **args)
+    except TypeError as err:
+        raise ConfigError(f"method {method!r}: {err}") from None
+
+
+def run_correlation_suite(
+    name_or_path: str, out: str | Path, log: Any = None
+) -> list[dict[str, Any]]:
+    """Fit and evaluate every method of the suite; write results, leaderboard and report."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    raw = _read(name_or_path)
+    for key in raw:
+        if key not in KEYS:
+            raise ConfigError(f"unknown suite key {key!r}{suggest(key, sorted(KEYS))}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_cfg = raw.get("data") or {}
+    t0 = time.perf_counter()
+    data = DATASETS.create(data_cfg.get("name", "digits_twoview"), **(data_cfg.get("args") or {}))
+    log(
+        f"data {data.name}: "
+        + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
+        + f" ({time.perf_counter() - t0:.1f} s)"
+    )
+    k = int(raw.get("components", 10))
+    train, test = data["train"], data["test"]
+    rows, curves = [], {}
+    for i, m in enumerate(raw.get("methods") or []):
+        est = make_estimator(m["method"], k, m.get("args") or {})
+        log(f"[{i + 1}/{len(raw['methods'])}] {m['name']}: fitting {est!r} ...")
+        t0 = time.perf_counter()
+        if isinstance(est, SCM):
+            est.fit(train.x, train.y, train.labels)
+        else:
+            est.fit(train.x, train.y)
+        fit_s = time.perf_counter() - t0
+        metrics = evaluate_two_view(est, data, k)
+        curves[m["name"]] = np.abs(np.asarray(est.score(test.x, test.y))).tolist()
+        rows.append(
+            {
+                "name": m["name"],
+                "method": m["method"],
+                "args": m.get("args") or {},
+                "fit_seconds": round(fit_s, 3),
+                "metrics": metrics,
+            }
+        )
+        log(
+            f"[{i + 1}/{len(raw['methods'])}] {m['name']}: "
+            + ", ".join(f"{a} {b:.3f}" for a, b in metrics.items())
+            + f", fit {fit_s:.2f} s"
+        )
+        write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    board = _leaderboard(rows)
+    (out / "leaderboard.md").write_text(board)
+    _plot(curves, out / "correlations.png")
+    (out / "report.md").write_text(
+        f"# alignfuse bench: suite `{raw.get('name', 'correlation')}`\n\n{str(raw.get('description', '')).strip()}\n\n"
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores.\n\n## Leaderboard (test split)\n\n{board}\n"
+        "Cross-view retrieval asks for the *paired* view-2 row, but the views share only the class "
+        "(about a tenth of the test rows are equally right), so its ceiling is low by construction.\n\n"
+        "## Canonical correlation per component (test)\n\n![correlations](correlations.png)\n"
+    )
+    print(board)
+    return rows
+
+
+def _leaderboard(rows: list[dict[str, Any]]) -> str:
+    cols = [
+        ("corr sum", "corr_sum", "{:.3f}"),
+        ("probe acc", "probe_acc", "{:.3f}"),
+        ("NMI", "nmi", "{:.3f}"),
+        ("x2y R@1", "x2y_r1", "{:.3f}"),
+        ("x2y R@5", "x2y_r5", "{:.3f}"),
+        ("x2y R@10", "x2y_r10", "{:.3f}"),
+    ]
+    lines = [
+        "| method | " + " | ".join(c[0] for c in cols) + " | fit s |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
+    for r in rows:
+        cells = [
+            fmt.format(r["metrics"][key]) if key in r["metrics"] else "-" for _, key, fmt in cols
+        ]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['fit_seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(curves: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, c in curves.items():
+        ax.plot(range(1, len(c) + 1), sorted(c, reverse=True), marker="o", label=name)
+    ax.set(
+        xlabel="component",
+        ylabel="canonical correlation (test)",
+        ylim=(0, 1),
+        title="correlation per component",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
