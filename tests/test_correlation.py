@@ -191,3 +191,32 @@ def test_rank_deficiency_is_a_clear_error_not_nan():
     assert np.isfinite(ok.correlations_).all()
     with pytest.raises(ValueError, match="n_samples - 1"):
         CCA(3).fit(X[:3, :4], Y[:3])
+
+
+def test_dcca_beats_linear_cca_on_nonlinear_signal():
+    from alignfuse.correlation import DCCA
+
+    X, Y = _nonlinear(1500, 0)
+    Xt, Yt = _nonlinear(800, 1)
+    lin = CCA(n_components=1).fit(X, Y).score(Xt, Yt)[0]
+    deep = DCCA(1, hidden=(32, 32), out_dim=2, epochs=30, batch_size=500).fit(X, Y)
+    assert deep.score(Xt, Yt)[0] > lin + 0.5
+    z = deep.transform(torch.from_numpy(Xt).float())
+    assert isinstance(z, torch.Tensor) and z.shape == (800, 1)
+
+
+def test_dccae_reconstructs_and_resumes_exactly(tmp_path):
+    from alignfuse.correlation import DCCAE
+
+    X, Y = _nonlinear(600, 2)
+    kw = dict(n_components=1, hidden=(16,), out_dim=2, batch_size=200, recon_weight=1e-2)
+    full = DCCAE(epochs=6, **kw).fit(X, Y)
+    DCCAE(epochs=3, checkpoint_dir=str(tmp_path), **kw).fit(X, Y)  # interrupted after 3
+    resumed = DCCAE(epochs=6, checkpoint_dir=str(tmp_path), **kw).fit(X, Y)
+    assert resumed.history_ == pytest.approx(full.history_, rel=1e-9)
+    assert np.allclose(resumed.transform(X), full.transform(X))
+    assert "p" in full.nets_ and "q" in full.nets_
+    with pytest.raises(ValueError, match="recon_weight > 0"):
+        DCCAE(recon_weight=0.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        DCCAE(batch_size=2, out_dim=4, n_components=2).fit(X, Y)

@@ -121,7 +121,11 @@ def _cmd_align(args: argparse.Namespace) -> int:
             + ", ".join(f"R@{k} {np.mean(ranks <= k):.3f}" for k in (1, 5, 10))
         )
     else:
-        reg = {} if args.method == "pls" else {"reg_x": args.reg, "reg_y": args.reg}
+        reg: dict[str, float] = {}
+        if args.method in ("cca", "kcca", "scm"):
+            reg = {"reg_x": args.reg, "reg_y": args.reg}
+        elif args.method in ("dcca", "dccae"):
+            reg = {"reg": args.reg}
         est = make_estimator(args.method, args.dim, reg)
         if isinstance(est, SCM):
             if train.labels is None:
@@ -134,6 +138,9 @@ def _cmd_align(args: argparse.Namespace) -> int:
         metrics = evaluate_two_view(est, data, args.dim)
         print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     out = Path(args.out) if args.out else Path("runs") / f"align-{args.method}"
+    if args.method in ("dcca", "dccae"):
+        print(f"(deep models are not saved by align yet; {out} left untouched)")
+        return 0
     save_estimator(est, out)
     print(f"saved {out / 'model.safetensors'} and {out / 'model.json'}")
     return 0
@@ -188,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("align", help="fit a correlation method on two views (.npy / .npz)")
     al.add_argument("x", help="view 1 (.npy), or an .npz holding X, Y (and labels)")
     al.add_argument("y", nargs="?", help="view 2 (.npy)")
-    al.add_argument("--method", default="cca", choices=["cca", "kcca", "scm", "procrustes", "pls"])
+    al.add_argument(
+        "--method",
+        default="cca",
+        choices=["cca", "kcca", "scm", "procrustes", "pls", "dcca", "dccae"],
+    )
     al.add_argument("--dim", type=int, default=2, help="number of components")
     al.add_argument("--reg", type=float, default=1e-3, help="ridge per view")
     al.add_argument("--labels", help="class labels (.npy), needed by scm")

@@ -15,12 +15,19 @@ import numpy as np
 import yaml
 
 from alignfuse._io import write_text_atomic
-from alignfuse.correlation import CCA, KCCA, PLS, SCM
+from alignfuse.correlation import CCA, DCCA, DCCAE, KCCA, PLS, SCM
 from alignfuse.correlation.evaluate import evaluate_two_view
 from alignfuse.errors import ConfigError
 from alignfuse.registry import DATASETS, suggest
 
-METHODS: dict[str, type[Any]] = {"cca": CCA, "kcca": KCCA, "pls": PLS, "scm": SCM}
+METHODS: dict[str, type[Any]] = {
+    "cca": CCA,
+    "kcca": KCCA,
+    "pls": PLS,
+    "scm": SCM,
+    "dcca": DCCA,
+    "dccae": DCCAE,
+}
 KEYS = {"name", "kind", "description", "data", "components", "methods"}
 
 

@@ -2,6 +2,7 @@
 torch), and the differentiable deep-CCA objective."""
 
 from alignfuse.correlation.cca import CCA
+from alignfuse.correlation.deep import DCCA, DCCAE
 from alignfuse.correlation.io import load_estimator, save_estimator
 from alignfuse.correlation.kcca import KCCA, kernel_matrix
 from alignfuse.correlation.loss import CCALoss, cca_loss
@@ -11,6 +12,8 @@ from alignfuse.correlation.scm import SCM
 
 __all__ = [
     "CCA",
+    "DCCA",
+    "DCCAE",
     "KCCA",
     "PLS",
     "SCM",
