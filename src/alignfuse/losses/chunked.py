@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from alignfuse.similarity import check_nonzero_rows
+
 
 def _rows(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
@@ -113,6 +115,21 @@ class _ChunkedSigmoid(torch.autograd.Function):
             (grad * gbias).reshape(bias.shape),
             None,
         )
+
+
+def check_chunked_call(
+    a: torch.Tensor, b: torch.Tensor, extra_positives: bool, reduction: str, similarity: object
+) -> bool:
+    """Validate a ``chunk_size`` call of a pairwise loss; return whether to L2-normalise."""
+    if extra_positives:
+        raise ValueError("chunk_size supports one positive per row and no label smoothing")
+    if reduction == "none":
+        raise ValueError("chunk_size gives the 'mean' or 'sum' reduction, not 'none'")
+    if similarity not in ("cosine", "dot"):
+        raise ValueError("chunk_size supports similarity 'cosine' or 'dot'")
+    if similarity == "cosine":
+        check_nonzero_rows(a, b)
+    return similarity == "cosine"
 
 
 def _as_tensor(x: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.losses._common import make_positive_mask, reduce
-from alignfuse.losses.chunked import chunked_info_nce
+from alignfuse.losses.chunked import check_chunked_call, chunked_info_nce
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
 from alignfuse.similarity import (
     Similarity,
-    check_nonzero_rows,
     check_paired_batch,
     check_similarity,
     similarity_matrix,
@@ -82,15 +81,9 @@ def info_nce(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     n = a.shape[0]
     if chunk_size is not None:
-        if labels is not None or positive_mask is not None or label_smoothing:
-            raise ValueError("chunk_size supports one positive per row and no label smoothing")
-        if reduction == "none":
-            raise ValueError("chunk_size gives the 'mean' or 'sum' reduction, not 'none'")
-        if similarity not in ("cosine", "dot"):
-            raise ValueError("chunk_size supports similarity 'cosine' or 'dot'")
-        if similarity == "cosine":
-            check_nonzero_rows(a, b)
-        loss = chunked_info_nce(a, b, logit_scale, chunk_size, normalize=similarity == "cosine")
+        extra = labels is not None or positive_mask is not None or bool(label_smoothing)
+        normalize = check_chunked_call(a, b, extra, reduction, similarity)
+        loss = chunked_info_nce(a, b, logit_scale, chunk_size, normalize=normalize)
         return loss * n if reduction == "sum" else loss
     sims = similarity_matrix(a, b, similarity)
     return info_nce_from_similarity(

@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.losses._common import make_positive_mask, reduce
-from alignfuse.losses.chunked import chunked_sigmoid
+from alignfuse.losses.chunked import check_chunked_call, chunked_sigmoid
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
 from alignfuse.similarity import (
     Similarity,
-    check_nonzero_rows,
     check_paired_batch,
     similarity_matrix,
 )
@@ -63,17 +62,9 @@ def sigmoid_loss(
     """
     check_paired_batch(a, b, reduction, "sigmoid")
     if chunk_size is not None:
-        if labels is not None or positive_mask is not None:
-            raise ValueError("chunk_size supports one positive per row")
-        if reduction == "none":
-            raise ValueError("chunk_size gives the 'mean' or 'sum' reduction, not 'none'")
-        if similarity not in ("cosine", "dot"):
-            raise ValueError("chunk_size supports similarity 'cosine' or 'dot'")
-        if similarity == "cosine":
-            check_nonzero_rows(a, b)
-        loss = chunked_sigmoid(
-            a, b, logit_scale, logit_bias, chunk_size, normalize=similarity == "cosine"
-        )
+        extra = labels is not None or positive_mask is not None
+        normalize = check_chunked_call(a, b, extra, reduction, similarity)
+        loss = chunked_sigmoid(a, b, logit_scale, logit_bias, chunk_size, normalize=normalize)
         return loss * a.shape[0] if reduction == "sum" else loss
     scale = logit_scale.exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
     logits = similarity_matrix(a, b, similarity) * scale + logit_bias
