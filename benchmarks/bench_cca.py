@@ -71,8 +71,10 @@ def main() -> None:
     if args.kcca_n:
         rng = np.random.default_rng(1)
         t = rng.uniform(-3, 3, size=(args.kcca_n + 2000, 1))
-        xk = np.hstack([np.cos(t), np.sin(t), rng.normal(size=(len(t), 48))])
-        yk = np.hstack([np.sin(2 * t), rng.normal(size=(len(t), 29))])
+        # a nonlinear shared signal in 2 of 50 and 1 of 30 features, the rest weaker noise
+        noise = 0.2
+        xk = np.hstack([np.cos(t), np.sin(t), noise * rng.normal(size=(len(t), 48))])
+        yk = np.hstack([np.sin(2 * t), noise * rng.normal(size=(len(t), 29))])
         xtr, ytr, xte, yte = xk[:-2000], yk[:-2000], xk[-2000:], yk[-2000:]
         kw = dict(n_components=2, kernel="rbf", reg_x=1e-2, reg_y=1e-2)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

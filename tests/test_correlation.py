@@ -220,3 +220,23 @@ def test_dccae_reconstructs_and_resumes_exactly(tmp_path):
         DCCAE(recon_weight=0.0)
     with pytest.raises(ValueError, match="batch_size"):
         DCCAE(batch_size=2, out_dim=4, n_components=2).fit(X, Y)
+
+
+def test_cholesky_and_qr_whitening_agree_and_ill_conditioned_views_use_qr():
+    from alignfuse.correlation.cca import _cholesky_fit, _qr_whitener
+
+    X, Y = _views(n=500, p=8, q=5, seed=12)
+    x = torch.from_numpy(X - X.mean(0))
+    y = torch.from_numpy(Y - Y.mean(0))
+    _, _, s = _cholesky_fit(x, y, 4)
+    qx, _ = _qr_whitener(x, "X", "reg_x")
+    qy, _ = _qr_whitener(y, "Y", "reg_y")
+    s_qr = torch.linalg.svdvals(qx.T @ qy)[:4]
+    assert torch.allclose(s, s_qr, atol=1e-12)
+    bad = x.clone()
+    bad[:, 0] *= 1e6  # covariance condition number ~1e12
+    assert _cholesky_fit(bad, y, 4) is None
+    # the public estimator still gives the invariant answer through QR
+    assert np.allclose(
+        CCA(4).fit(bad.numpy(), Y).correlations_, CCA(4).fit(X, Y).correlations_, atol=1e-9
+    )
