@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from alignfuse.cli import main
-from alignfuse.correlation import CCA, KCCA, PLS, SCM, Procrustes, load_estimator, save_estimator
+from alignfuse.correlation import (
+    CCA,
+    DCCA,
+    DCCAE,
+    KCCA,
+    PLS,
+    SCM,
+    Procrustes,
+    load_estimator,
+    save_estimator,
+)
 from alignfuse.correlation.evaluate import evaluate_two_view
 from alignfuse.data.twoview import load_digits_twoview, load_twoview_files
 from alignfuse.errors import CheckpointError, DataError
@@ -101,6 +111,8 @@ def test_scm_gives_class_posteriors(digits):
         lambda: KCCA(2, kernel="poly", degree=2),
         lambda: SCM(4),
         lambda: Procrustes(scaling=True),
+        lambda: DCCA(2, hidden=(8,), out_dim=3, epochs=2, batch_size=100),
+        lambda: DCCAE(2, hidden=(8,), out_dim=3, epochs=2, batch_size=100),
     ],
 )
 def test_save_and_load_round_trip(make, tmp_path, digits):
@@ -162,7 +174,7 @@ def test_align_cli(tmp_path, capsys):
         np.hstack([rng.normal(size=(400, 2)), z + 0.1 * rng.normal(size=(400, 2))]),
     )
     np.save(tmp_path / "l.npy", (z[:, 0] > 0).astype(int))
-    for method in ("cca", "kcca", "pls", "scm", "procrustes"):
+    for method in ("cca", "kcca", "pls", "scm", "procrustes", "dcca"):
         extra = ["--labels", str(tmp_path / "l.npy")] if method == "scm" else []
         y = str(tmp_path / "y.npy") if method != "procrustes" else str(tmp_path / "x.npy")
         args = [

@@ -10,17 +10,27 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignfuse.correlation.cca import CCA
+from alignfuse.correlation.deep import DCCA, DCCAE
 from alignfuse.correlation.kcca import KCCA, _KernelFeatures
 from alignfuse.correlation.pls import PLS
 from alignfuse.correlation.procrustes import Procrustes
 from alignfuse.correlation.scm import SCM
 from alignfuse.errors import CheckpointError
 
-CLASSES: dict[str, type[Any]] = {c.__name__: c for c in (CCA, KCCA, PLS, Procrustes, SCM)}
+CLASSES: dict[str, type[Any]] = {
+    c.__name__: c for c in (CCA, KCCA, PLS, Procrustes, SCM, DCCA, DCCAE)
+}
 
 
 def _state(model: Any) -> dict[str, torch.Tensor]:
     st: dict[str, torch.Tensor] = {}
+    if isinstance(model, DCCA):
+        st.update({f"nets.{k}": v for k, v in model.nets_.state_dict().items()})
+        st.update({f"cca.{k}": v for k, v in _state(model.cca_).items()})
+        st.update(
+            {"mu_x": model._mu_x, "sd_x": model._sd_x, "mu_y": model._mu_y, "sd_y": model._sd_y}
+        )
+        return st
     if isinstance(model, SCM):
         st.update({f"cca.{k}": v for k, v in _state(model.cca_).items()})
         st.update({"lr_x.w": model._lr_x[0], "lr_x.b": model._lr_x[1]})
@@ -56,6 +66,8 @@ def save_estimator(model: Any, folder: str | Path) -> Path:
     meta = {"class": name, "params": model.get_params()}
     if isinstance(model, SCM):
         meta["n_classes"] = model.n_classes_
+    if isinstance(model, DCCA):
+        meta["params"]["hidden"] = list(model.hidden)
     (folder / "model.json").write_text(json.dumps(meta, indent=1))
     return folder
 
@@ -69,7 +81,22 @@ def load_estimator(folder: str | Path) -> Any:
         st = load_file(str(folder / "model.safetensors"))
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"{str(folder)!r} holds no readable saved estimator: {err}") from None
-    model = cls(**meta["params"])
+    params = dict(meta["params"])
+    if "hidden" in params:
+        params["hidden"] = tuple(params["hidden"])
+    model = cls(**params)
+    if issubclass(cls, DCCA):
+        model._mu_x, model._sd_x = st["mu_x"], st["sd_x"]
+        model._mu_y, model._sd_y = st["mu_y"], st["sd_y"]
+        nets = model._build(
+            st["mu_x"].shape[0], st["mu_y"].shape[0], st["mu_x"].dtype, st["mu_x"].device
+        )
+        nets.load_state_dict({k[5:]: v for k, v in st.items() if k.startswith("nets.")})
+        model.nets_ = nets.eval()
+        cca = CCA(model.n_components, model.reg, model.reg)
+        _restore_linear(cca, {k[4:]: v for k, v in st.items() if k.startswith("cca.")})
+        model.cca_ = cca
+        return model
     if cls is SCM:
         cca = CCA(model.n_components, model.reg_x, model.reg_y)
         _restore_linear(cca, {k[4:]: v for k, v in st.items() if k.startswith("cca.")})
