@@ -49,6 +49,16 @@ def check_views(x: torch.Tensor, y: torch.Tensor) -> None:
         )
 
 
+def as_views(X: Any, Y: Any) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Both views as tensors of X's dtype and device, with paired rows; and whether the
+    input was numpy."""
+    x, was_numpy = as_matrix(X, "X")
+    y, _ = as_matrix(Y, "Y")
+    y = y.to(dtype=x.dtype, device=x.device)
+    check_views(x, y)
+    return x, y, was_numpy
+
+
 def check_components(n_components: int, limit: int, why: str) -> None:
     """``1 <= n_components <= limit``."""
     if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:

@@ -23,8 +23,8 @@ from alignfuse.correlation._base import (
     Estimator,
     as_matrix,
     as_output,
+    as_views,
     check_components,
-    check_views,
     column_correlations,
 )
 
@@ -136,10 +136,7 @@ class CCA(Estimator):
 
     def fit(self, X: Array, Y: Array) -> CCA:
         """Fit on paired views ``X`` ``(n, p)`` and ``Y`` ``(n, q)``."""
-        x, was_numpy = as_matrix(X, "X")
-        y, _ = as_matrix(Y, "Y")
-        y = y.to(dtype=x.dtype, device=x.device)
-        check_views(x, y)
+        x, y, was_numpy = as_views(X, Y)
         for name, reg in (("reg_x", self.reg_x), ("reg_y", self.reg_y)):
             if reg < 0:
                 raise ValueError(f"{name} must be >= 0, got {reg}")

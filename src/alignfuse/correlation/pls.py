@@ -12,10 +12,9 @@ import torch
 from alignfuse.correlation._base import (
     Array,
     Estimator,
-    as_matrix,
     as_output,
+    as_views,
     check_components,
-    check_views,
 )
 from alignfuse.correlation.cca import paired_correlations, project
 
@@ -34,10 +33,7 @@ class PLS(Estimator):
 
     def fit(self, X: Array, Y: Array) -> PLS:
         """Fit on paired views."""
-        x, was_numpy = as_matrix(X, "X")
-        y, _ = as_matrix(Y, "Y")
-        y = y.to(x)
-        check_views(x, y)
+        x, y, was_numpy = as_views(X, Y)
         check_components(
             self.n_components, min(x.shape[1], y.shape[1]), "min(n_features_X, n_features_Y)"
         )

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from alignfuse.correlation._base import Array, Estimator, as_matrix, as_output, check_views
+from alignfuse.correlation._base import (
+    Array,
+    Estimator,
+    as_matrix,
+    as_output,
+    as_views,
+)
 
 
 class Procrustes(Estimator):
@@ -40,10 +46,7 @@ class Procrustes(Estimator):
 
     def fit(self, X: Array, Y: Array) -> Procrustes:
         """Fit the map from paired rows of ``X`` ``(n, p)`` and ``Y`` ``(n, q)``."""
-        x, was_numpy = as_matrix(X, "X")
-        y, _ = as_matrix(Y, "Y")
-        y = y.to(x)
-        check_views(x, y)
+        x, y, was_numpy = as_views(X, Y)
         if x.shape[1] != y.shape[1]:
             raise ValueError(
                 f"X and Y must have the same number of features for an orthogonal map: "
