@@ -1,0 +1,113 @@
+"""Every public entry point added for losses, scale and correlation fails on bad input with a
+clear error naming the argument."""
+
+import numpy as np
+import pytest
+import torch
+
+import alignfuse
+from alignfuse.correlation import KCCA, Procrustes, cca_loss
+from alignfuse.data.twoview import load_digits_twoview
+from alignfuse.errors import DataError
+from alignfuse.losses import (
+    PairHead,
+    local_contrastive,
+    local_similarity,
+    matching,
+    n_pair,
+    ranking,
+    structure_preserving,
+    token_wise,
+    triplet_center,
+)
+from alignfuse.metrics.probes import fit_logistic, kmeans, normalized_mutual_info
+
+A = torch.randn(4, 3, dtype=torch.float64)
+B = torch.randn(4, 3, dtype=torch.float64)
+TOK = torch.randn(4, 5, 3, dtype=torch.float64)
+
+CASES = [
+    (lambda: local_contrastive(TOK, TOK[:3]), ValueError, "same number of pairs"),
+    (lambda: local_similarity(TOK, torch.randn(4, 5, 2)), ValueError, "differ in width"),
+    (lambda: local_similarity(TOK, TOK, gamma1=0.0), ValueError, "gamma1 and gamma2 must be > 0"),
+    (lambda: local_contrastive(TOK, TOK, gamma3=-1.0), ValueError, "gamma3 must be > 0"),
+    (lambda: local_similarity(TOK[:, :0], TOK), ValueError, "regions is empty"),
+    (lambda: token_wise(TOK, TOK[:2]), ValueError, "same number of pairs"),
+    (lambda: token_wise(TOK[:1], TOK[:1]), ValueError, "at least 2 pairs"),
+    (lambda: token_wise(A, B), ValueError, r"x must have shape \(N, L, D\)"),
+    (
+        lambda: triplet_center(
+            A, B, torch.tensor([0, 1, 0, 5]), torch.randn(3, 3, dtype=torch.float64)
+        ),
+        ValueError,
+        r"labels must lie in \[0, 3\)",
+    ),
+    (
+        lambda: triplet_center(
+            A, B, torch.tensor([0, 1, 0, 1]), torch.randn(3, 2, dtype=torch.float64)
+        ),
+        ValueError,
+        "centers must have shape",
+    ),
+    (
+        lambda: alignfuse.create_loss("triplet_center", num_classes=3, dim=3)(A, B),
+        ValueError,
+        "needs labels",
+    ),
+    (lambda: matching(PairHead(3).double(), A, B, torch.zeros(4, 3)), ValueError, "disagree"),
+    (
+        lambda: matching(PairHead(3).double(), A, B, torch.full((4, 4), float("nan"))),
+        ValueError,
+        "NaN",
+    ),
+    (lambda: n_pair(A, B, l2_reg=-1.0), ValueError, "l2_reg must be >= 0"),
+    (lambda: ranking(A, B, tau=0.0), ValueError, "tau must be > 0"),
+    (lambda: structure_preserving(A, B, margin=0.0), ValueError, "margin must be > 0"),
+    (lambda: alignfuse.create_loss("sigmoid", scale=0.0), ValueError, "scale must be > 0"),
+    (
+        lambda: alignfuse.create_loss("matching", temperature=0.0),
+        ValueError,
+        "temperature must be > 0",
+    ),
+    (lambda: cca_loss(A, B[:3]), ValueError, "same number of rows"),
+    (lambda: cca_loss(A, B, reg=-1.0), ValueError, "reg must be >= 0"),
+    (lambda: cca_loss(A, B, n_components=5), ValueError, r"n_components must be in \[1, 3\]"),
+    (lambda: cca_loss(A.float() * float("inf"), B.float()), ValueError, "a contains NaN or Inf"),
+    (lambda: cca_loss(A[:, :1].repeat(1, 3), B, reg=0.0), ValueError, "singular"),
+    (lambda: KCCA(kernel="cosine").fit(A.numpy(), B.numpy()), ValueError, "kernel must be one of"),
+    (lambda: KCCA(method="fast").fit(A.numpy(), B.numpy()), ValueError, "method must be"),
+    (lambda: KCCA(reg_x=-1.0).fit(A.numpy(), B.numpy()), ValueError, "reg_x must be >= 0"),
+    (lambda: Procrustes().transform(A.numpy()), RuntimeError, "not fitted"),
+    (lambda: kmeans(A, 9), ValueError, r"k must be in \[1, 4\]"),
+    (lambda: normalized_mutual_info([0, 1], [0, 1, 1]), ValueError, "equal non-empty"),
+    (lambda: fit_logistic(A, torch.tensor([0, 1])), ValueError, r"z must be \(n, d\) and y \(n,\)"),
+    (lambda: load_digits_twoview(pairs_per_image=0), DataError, "pairs_per_image must be >= 1"),
+    (lambda: load_digits_twoview(fractions=(0.5, 0.5, 0.5)), DataError, "fractions must be"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"), CASES, ids=[str(i) for i in range(len(CASES))]
+)
+def test_bad_input_is_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_grad_cache_chunk_must_be_positive():
+    from alignfuse.engine.grad_cache import grad_cache_step
+
+    with pytest.raises(ValueError, match="grad cache chunk must be >= 1"):
+        grad_cache_step(None, None, torch.zeros(2, 3, 8, 8), {}, 0)
+
+
+def test_kmeans_matches_sklearn_inertia():
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    z = np.vstack([rng.normal(c, 1.0, size=(60, 3)) for c in (0, 4, 8, 12)])
+    ours = kmeans(torch.from_numpy(z), 4, n_init=5).numpy()
+    inertia = sum(((z[ours == c] - z[ours == c].mean(0)) ** 2).sum() for c in range(4))
+    sk = KMeans(4, n_init=10, random_state=0).fit(z)
+    assert inertia == pytest.approx(sk.inertia_, rel=1e-6)
+    assert normalized_mutual_info(ours, sk.labels_) == pytest.approx(1.0)
