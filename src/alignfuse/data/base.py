@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -70,6 +70,19 @@ class WinogroundSet:
         return len(self.captions)
 
 
+S = TypeVar("S")
+
+
+def get_split(dataset: str, splits: dict[str, S], split: str) -> S:
+    """``splits[split]``, or a :class:`DataError` naming the dataset and the splits it has."""
+    try:
+        return splits[split]
+    except KeyError:
+        raise DataError(
+            f"dataset {dataset!r} has no split {split!r} (has: {', '.join(splits)})"
+        ) from None
+
+
 @dataclass
 class ImageTextData:
     """A dataset: named splits plus optional compositional probes and metadata."""
@@ -80,12 +93,7 @@ class ImageTextData:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, split: str) -> ImageTextSplit:
-        try:
-            return self.splits[split]
-        except KeyError:
-            raise DataError(
-                f"dataset {self.name!r} has no split {split!r} (has: {', '.join(self.splits)})"
-            ) from None
+        return get_split(self.name, self.splits, split)
 
     @property
     def train_texts(self) -> list[str]:

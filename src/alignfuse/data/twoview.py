@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alignfuse.data.base import get_split
 from alignfuse.errors import DataError
 from alignfuse.registry import DATASETS
 
@@ -59,12 +60,7 @@ class TwoViewData:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, split: str) -> TwoViewSplit:
-        try:
-            return self.splits[split]
-        except KeyError:
-            raise DataError(
-                f"dataset {self.name!r} has no split {split!r} (has: {', '.join(self.splits)})"
-            ) from None
+        return get_split(self.name, self.splits, split)
 
 
 def _rotate(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
