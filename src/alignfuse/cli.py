@@ -103,9 +103,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_align(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from alignfuse.bench.correlation import make_estimator
     from alignfuse.correlation import SCM, Procrustes, save_estimator
     from alignfuse.correlation.evaluate import evaluate_two_view
+    from alignfuse.correlation.methods import make_estimator
     from alignfuse.data.twoview import load_twoview_files
 
     data = load_twoview_files(args.x, args.y, args.labels, test_fraction=args.test_fraction)

@@ -15,19 +15,12 @@ import numpy as np
 import yaml
 
 from alignfuse._io import write_text_atomic
-from alignfuse.correlation import CCA, DCCA, DCCAE, KCCA, PLS, SCM
+from alignfuse.correlation import SCM
 from alignfuse.correlation.evaluate import evaluate_two_view
+from alignfuse.correlation.methods import make_estimator
 from alignfuse.errors import ConfigError
 from alignfuse.registry import DATASETS, suggest
 
-METHODS: dict[str, type[Any]] = {
-    "cca": CCA,
-    "kcca": KCCA,
-    "pls": PLS,
-    "scm": SCM,
-    "dcca": DCCA,
-    "dccae": DCCAE,
-}
 KEYS = {"name", "kind", "description", "data", "components", "methods"}
 
 
@@ -43,18 +36,6 @@ def _read(name_or_path: str) -> Any:
         return yaml.safe_load(p.read_text())
     f = resources.files("alignfuse.bench") / "suites" / f"{name_or_path}.yaml"
     return yaml.safe_load(f.read_text()) if f.is_file() else None
-
-
-def make_estimator(method: str, n_components: int, args: dict[str, Any]) -> Any:
-    """Build a correlation estimator by method name."""
-    if method not in METHODS:
-        raise ConfigError(
-            f"unknown method {method!r}{suggest(method, sorted(METHODS))} (known: {', '.join(sorted(METHODS))})"
-        )
-    try:
-        return METHODS[method](n_components=n_components, **args)
-    except TypeError as err:
-        raise ConfigError(f"method {method!r}: {err}") from None
 
 
 def run_correlation_suite(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.losses.info_nce import info_nce_from_similarity
-from alignfuse.losses.token_wise import _check_tokens
+from alignfuse.losses.token_wise import _check_tokens, as_tokens
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
 
@@ -111,8 +111,7 @@ class LocalContrastiveLoss(nn.Module):
         mask_a: torch.Tensor | None = None,
         mask_b: torch.Tensor | None = None,
     ) -> LossOutput:
-        a = a[:, None] if a.ndim == 2 else a
-        b = b[:, None] if b.ndim == 2 else b
+        a, b = as_tokens(a), as_tokens(b)
         loss = local_contrastive(
             a, b, mask_b, mask_a, self.gamma1, self.gamma2, self.gamma3, self.reduction
         )

@@ -45,6 +45,11 @@ def _check_tokens(x: torch.Tensor, mask: torch.Tensor | None, name: str) -> torc
     return mask
 
 
+def as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``(N, D)`` vectors as one-token sequences ``(N, 1, D)``; sequences pass through."""
+    return x[:, None] if x.ndim == 2 else x
+
+
 def token_wise_similarity(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -126,10 +131,7 @@ class TokenWiseLoss(nn.Module):
         mask_a: torch.Tensor | None = None,
         mask_b: torch.Tensor | None = None,
     ) -> LossOutput:
-        if a.ndim == 2:
-            a = a[:, None]
-        if b.ndim == 2:
-            b = b[:, None]
+        a, b = as_tokens(a), as_tokens(b)
         scale = self.logit_scale.clamp(max=self.max_log_scale)
         loss = token_wise(a, b, mask_a, mask_b, scale, self.reduction)
         return LossOutput(loss, {"temperature": float(1 / scale.detach().exp())})
