@@ -40,7 +40,7 @@ from alignfuse.errors import TrainingDivergedError
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with sigmoid-free GELU in between (none after the last)."""
+    """Linear layers with GELU between them (none after the last)."""
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
