@@ -4,7 +4,17 @@ Importing the package registers every built-in component, so ``list_losses()`` a
 are complete without further imports.
 """
 
-from alignfuse import correlation, data, encoders, engine, fusion, losses, metrics, models  # noqa: F401
+from alignfuse import (  # noqa: F401
+    correlation,
+    data,
+    encoders,
+    engine,
+    fusion,
+    losses,
+    metrics,
+    models,
+    temporal,
+)
 from alignfuse.config import ExperimentConfig, load_config
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import (
