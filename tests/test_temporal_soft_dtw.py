@@ -110,12 +110,12 @@ def test_loss_module_reductions_and_training_step():
     )
     opt = torch.optim.SGD([x], lr=0.05)
     loss_fn = SoftDTWLoss(0.1, normalize=True)
-    before = float(loss_fn(x, y))
+    before = float(loss_fn(x, y).detach())
     for _ in range(20):
         opt.zero_grad()
         loss_fn(x, y).backward()
         opt.step()
-    assert float(loss_fn(x, y)) < before
+    assert float(loss_fn(x, y).detach()) < before
     assert "gamma=0.1" in repr(loss_fn)
 
 

@@ -14,6 +14,7 @@ from alignfuse import (  # noqa: F401
     metrics,
     models,
     temporal,
+    transport,
 )
 from alignfuse.config import ExperimentConfig, load_config
 from alignfuse.outputs import LossOutput

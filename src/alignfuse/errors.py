@@ -21,3 +21,7 @@ class CheckpointError(AlignfuseError, RuntimeError):
 
 class TrainingDivergedError(AlignfuseError, RuntimeError):
     """The loss became NaN or infinite during training."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped at its iteration limit before reaching its tolerance."""
