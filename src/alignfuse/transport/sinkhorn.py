@@ -145,18 +145,19 @@ def sinkhorn(
     bsz, n, m = c.shape
     with torch.no_grad():
         lk = log_kernel(c)
+        lk_t = lk.transpose(1, 2).contiguous()  # both reductions run over contiguous rows
         u = torch.zeros(bsz, n, dtype=c.dtype, device=c.device)
         v = torch.zeros(bsz, m, dtype=c.dtype, device=c.device)
         err = torch.full((bsz,), math.inf, dtype=c.dtype, device=c.device)
         u_check, v_check = u, v
         it = 0
         while it < max_iter:
-            v = fi * (lb - torch.logsumexp(lk + u[:, :, None], dim=1))
-            u = fi * (la - torch.logsumexp(lk + v[:, None, :], dim=2))
+            v = fi * (lb - _lse_rows(lk_t, u))
+            u = fi * (la - _lse_rows(lk, v))
             it += 1
             if (it - 1) % check_every == 0 or it == max_iter:
                 if reg_m is None:
-                    cols = torch.exp(lk + u[:, :, None] + v[:, None, :]).sum(1)
+                    cols = torch.exp(v + _lse_rows(lk_t, u))
                     err = torch.linalg.vector_norm(cols - lb_w, dim=-1)
                 else:
                     du = (u - u_check).abs().amax(-1)
@@ -197,6 +198,14 @@ def sinkhorn(
     if single:
         out = TransportResult(value[0], transport[0], plan[0], f[0], g[0], it, converged[0], err[0])
     return out
+
+
+def _lse_rows(base: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """``logsumexp(base + add[:, None, :], dim=2)`` with in-place work (no autograd)."""
+    t = base + add[:, None, :]
+    mx = t.amax(2, keepdim=True)
+    mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    return t.sub_(mx).exp_().sum(2).log_() + mx[..., 0]
 
 
 def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
