@@ -35,7 +35,9 @@ def best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def report(name: str, ours: float, peer_name: str, peer: float) -> None:
-    print(f"{name}: alignfuse {ours * 1e3:.2f} ms, {peer_name} {peer * 1e3:.2f} ms -> {peer / ours:.2f}x")
+    print(
+        f"{name}: alignfuse {ours * 1e3:.2f} ms, {peer_name} {peer * 1e3:.2f} ms -> {peer / ours:.2f}x"
+    )
 
 
 def bench_dtw(repeat: int) -> None:
@@ -121,11 +123,18 @@ def bench_sinkhorn(repeat: int) -> None:
     )
 
 
-CASES = {"dtw": bench_dtw, "cdist": bench_cdist, "soft_dtw": bench_soft_dtw, "sinkhorn": bench_sinkhorn}
+CASES = {
+    "dtw": bench_dtw,
+    "cdist": bench_cdist,
+    "soft_dtw": bench_soft_dtw,
+    "sinkhorn": bench_sinkhorn,
+}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--only", choices=sorted(CASES), action="append")
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()

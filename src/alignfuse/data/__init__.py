@@ -3,13 +3,17 @@
 from alignfuse.data.base import ImageTextData, ImageTextSplit, WinogroundSet
 from alignfuse.data.captions import export_captions, load_captions
 from alignfuse.data.shapes import ambiguity, load_shapes
+from alignfuse.data.spoken import SpokenData, Utterance, load_spoken
 
 __all__ = [
     "ImageTextData",
     "ImageTextSplit",
+    "SpokenData",
+    "Utterance",
     "WinogroundSet",
     "ambiguity",
     "export_captions",
     "load_captions",
     "load_shapes",
+    "load_spoken",
 ]

@@ -27,24 +27,18 @@ cached on disk with a manifest of SHA-256 checksums.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from alignfuse._io import sha256_file
 from alignfuse.data.base import ImageTextData, ImageTextSplit, WinogroundSet
+from alignfuse.data.cache import cached
 from alignfuse.errors import DataError
 from alignfuse.registry import DATASETS
 
@@ -585,11 +579,6 @@ def _run_chunks(
         return list(pool.map(fn, jobs))
 
 
-def _default_cache_dir() -> Path:
-    env = os.environ.get("ALIGNFUSE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "alignfuse"
-
-
 def _realise_split(
     name: str, images: np.ndarray, ann: dict[str, Any], lex: Lexicon
 ) -> ImageTextSplit:
@@ -721,64 +710,18 @@ def load_shapes(
             n_train, n_val, n_test, n_winoground, image_size, seed, workers
         )
         return _assemble(images, ann, params)
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(cache_dir) if cache_dir else _default_cache_dir()
-    folder = root / "shapes" / key
-    cached = _read_cache(folder)
-    if cached is not None:
-        images, ann = cached
-    else:
+
+    def generate() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         images, ann = generate_shapes(
             n_train, n_val, n_test, n_winoground, image_size, seed, workers
         )
-        _write_cache(folder, images, ann, params)
+        return {f"images_{k}": v for k, v in images.items()}, ann
+
+    arrays, ann, folder = cached("shapes", params, cache_dir, generate)
+    images = {k[len("images_") :]: v for k, v in arrays.items()}
     data = _assemble(images, ann, params)
     data.info["cache"] = str(folder)
     return data
-
-
-def _write_cache(
-    folder: Path, images: dict[str, np.ndarray], ann: dict[str, Any], params: dict[str, Any]
-) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:
-        files = {}
-        for split, arr in images.items():
-            np.save(tmp / f"images_{split}.npy", arr, allow_pickle=False)
-            files[f"images_{split}.npy"] = ""
-        (tmp / "annotations.json").write_text(json.dumps(ann))
-        files["annotations.json"] = ""
-        for name in files:
-            files[name] = sha256_file(tmp / name)
-        (tmp / "manifest.json").write_text(json.dumps({"params": params, "files": files}, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        return None
-    try:
-        files = json.loads(manifest.read_text())["files"]
-        for name, digest in files.items():
-            if sha256_file(folder / name) != digest:
-                raise ValueError(f"checksum mismatch for {name}")
-        images = {
-            name[len("images_") : -len(".npy")]: np.load(folder / name, allow_pickle=False)
-            for name in files
-            if name.startswith("images_")
-        }
-        ann = json.loads((folder / "annotations.json").read_text())
-    except (OSError, ValueError, KeyError) as err:
-        warnings.warn(f"shapes cache at {folder} is corrupt ({err}); regenerating", stacklevel=3)
-        return None
-    return images, ann
 
 
 # --------------------------------------------------------------------------- ambiguity
