@@ -50,12 +50,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench import load_suite, run_suite
     from alignfuse.bench.correlation import is_correlation_suite, run_correlation_suite
+    from alignfuse.bench.temporal import is_temporal_suite, run_temporal_suite
 
-    if is_correlation_suite(args.suite):
-        if args.overrides:
-            raise AlignfuseError("a correlation suite takes no dotted overrides; edit its YAML")
-        run_correlation_suite(args.suite, Path(args.out) if args.out else Path("runs") / args.suite)
-        return 0
+    for is_kind, run in (
+        (is_correlation_suite, run_correlation_suite),
+        (is_temporal_suite, run_temporal_suite),
+    ):
+        if is_kind(args.suite):
+            if args.overrides:
+                raise AlignfuseError("this suite takes no dotted overrides; edit its YAML")
+            run(args.suite, Path(args.out) if args.out else Path("runs") / Path(args.suite).stem)
+            return 0
     suite = load_suite(args.suite, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / suite.name
     run_suite(suite, out, progress=None if not args.no_progress else False)
