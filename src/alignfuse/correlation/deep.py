@@ -17,13 +17,9 @@ error if the objective becomes NaN.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from alignfuse.correlation._base import (
     Array,
@@ -35,8 +31,7 @@ from alignfuse.correlation._base import (
 )
 from alignfuse.correlation.cca import CCA
 from alignfuse.correlation.loss import cca_loss
-from alignfuse.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from alignfuse.errors import TrainingDivergedError
+from alignfuse.engine.loop import fit_epochs, optimizer_step
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -132,50 +127,27 @@ class DCCA(Estimator):
         torch.manual_seed(self.seed)
         nets = self._build(x.shape[1], y.shape[1], x.dtype, x.device)
         opt = torch.optim.AdamW(nets.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        start, history = 0, []
-        ckpt_dir = Path(self.checkpoint_dir) if self.checkpoint_dir else None
-        if ckpt_dir is not None and (latest := latest_checkpoint(ckpt_dir)) is not None:
-            tensors, opt_tensors, state = load_checkpoint(latest)
-            nets.load_state_dict({k: v.to(x.device) for k, v in tensors.items()})
-            from alignfuse.engine.checkpoint import unflatten_optimizer
-
-            opt.load_state_dict(unflatten_optimizer(opt_tensors, state["optimizer"]))
-            start, history = int(state["epoch"]), list(state["history"])
         n = x.shape[0]
-        show = sys.stderr.isatty() if self.progress is None else self.progress
-        bar = tqdm(
-            range(start, self.epochs), desc=type(self).__name__, disable=not show, leave=False
-        )
-        for epoch in bar:
+
+        def run_epoch(epoch: int) -> float:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=g).to(x.device)
             losses = []
             for s in range(0, n - self.batch_size // 2, self.batch_size):
                 idx = order[s : s + self.batch_size]
                 loss = self._objective(nets, xs[idx], ys[idx])
-                if not torch.isfinite(loss.detach()):
-                    raise TrainingDivergedError(
-                        f"{type(self).__name__}: objective is {float(loss)} in epoch {epoch + 1}; "
-                        "raise reg or lower lr"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                losses.append(float(loss.detach()))
-            history.append(float(np.mean(losses)))
-            bar.set_postfix(objective=f"{history[-1]:.4f}")
-            if ckpt_dir is not None:
-                from alignfuse.engine.checkpoint import flatten_optimizer
+                losses.append(optimizer_step(opt, loss, type(self).__name__, epoch))
+            return float(np.mean(losses))
 
-                opt_t, opt_meta = flatten_optimizer(opt.state_dict())
-                save_checkpoint(
-                    ckpt_dir,
-                    f"epoch-{epoch + 1:05d}",
-                    nets.state_dict(),
-                    opt_t,
-                    {"epoch": epoch + 1, "history": history, "optimizer": opt_meta},
-                )
-        bar.close()
+        history = fit_epochs(
+            nets,
+            opt,
+            self.epochs,
+            run_epoch,
+            checkpoint_dir=self.checkpoint_dir,
+            progress=self.progress,
+            desc=type(self).__name__,
+        )
         self.nets_ = nets.eval()
         self.history_ = history
         with torch.no_grad():
