@@ -35,6 +35,7 @@ from alignfuse.temporal import dtw_path, soft_dtw_alignment
 
 KEYS = {"name", "kind", "description", "speech", "clips"}
 SPEECH_KEYS = {"data", "hop_ms", "methods"}
+CLIPS_KEYS = {"data", "methods", "embedder", "matcher", "ot"}
 METHOD_KEYS = {"name", "method", "features", "args"}
 METHODS = ("uniform", "linear", "dtw", "soft_dtw")
 TASKS = ("voice_to_voice", "text_to_speech")
@@ -139,6 +140,8 @@ def run_temporal_suite(
             raise ConfigError(
                 f"unknown temporal method {m['method']!r}{suggest(m['method'], list(METHODS))}"
             )
+    clips_cfg = raw.get("clips") or {}
+    _check_keys(clips_cfg, CLIPS_KEYS, "clips")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hop = float(speech.get("hop_ms", 10.0))
@@ -180,7 +183,36 @@ def run_temporal_suite(
             )
             write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     board = _leaderboard(rows)
-    (out / "leaderboard.md").write_text(board)
+    clip_board, clip_section = "", ""
+    if clips_cfg:
+        from alignfuse.bench.clip_clause import run_clip_clause
+        from alignfuse.data.clips import load_clips
+
+        t0 = time.perf_counter()
+        clips = load_clips(**(clips_cfg.get("data") or {}))
+        log(
+            "data clips: "
+            + ", ".join(f"{k} {len(v)}" for k, v in clips.splits.items())
+            + f" ({time.perf_counter() - t0:.1f} s)"
+        )
+        clip_rows, clip_examples = run_clip_clause(
+            clips["train"],
+            clips["test"],
+            clips.vocabulary(),
+            list(clips_cfg.get("methods") or []),
+            clips_cfg,
+            log,
+        )
+        rows += clip_rows
+        write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        clip_board = _clip_leaderboard(clip_rows)
+        _plot_timelines(clips["test"].clips[:4], clip_examples, out / "clip_timelines.png")
+        clip_section = (
+            f"\n## Clips to clauses\n\n{len(clips['train'])} training and {len(clips['test'])} test clips; "
+            "every frame is assigned one of its clip's ordered clauses.\n\n"
+            f"{clip_board}\n![timelines](clip_timelines.png)\n"
+        )
+    (out / "leaderboard.md").write_text(board + ("\n" + clip_board if clip_board else ""))
     src, dst = _pairs(data, "voice_to_voice")[0]
     _plot_path(src, dst, example, hop, out / "alignment_path.png")
     _plot_boundaries(dst, example, data.sentences[dst.sentence], out / "boundaries.png")
@@ -192,8 +224,9 @@ def run_temporal_suite(
         f"## Word-boundary error (ms)\n\n{board}\n![errors](errors.png)\n\n"
         f"## One voice-to-voice pair\n\n{src.voice} at {src.rate} wpm onto {dst.voice} at {dst.rate} wpm: "
         f'"{data.sentences[dst.sentence]}".\n\n![path](alignment_path.png)\n\n![boundaries](boundaries.png)\n'
+        + clip_section
     )
-    print(board)
+    print(board + ("\n" + clip_board if clip_board else ""))
     return rows
 
 
@@ -209,6 +242,47 @@ def _leaderboard(rows: list[dict[str, Any]]) -> str:
             f"{mt['within_20ms']:.3f} | {mt['within_50ms']:.3f} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _clip_leaderboard(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| method | frame accuracy | span IoU | train s | localise s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mt = r["metrics"]
+        lines.append(
+            f"| {r['name']} | {mt['frame_acc']:.3f} | {mt['span_iou']:.3f} | {r['train_seconds']:.1f} | {r['seconds']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot_timelines(clips: list[Any], examples: dict[str, list[np.ndarray]], path: Path) -> None:
+    plt = _plt()
+    names = ["truth", *examples]
+    fig, axes = plt.subplots(
+        len(clips), 1, figsize=(9, 1.0 + 0.32 * len(names) * len(clips)), squeeze=False
+    )
+    cmap = plt.get_cmap("tab10")
+    for ax, (ci, clip) in zip(axes[:, 0], enumerate(clips), strict=True):
+        for row, name in enumerate(names):
+            labels = clip.labels() if name == "truth" else examples[name][ci]
+            ax.bar(
+                np.arange(len(labels)),
+                0.8,
+                bottom=len(names) - 1 - row,
+                width=1.0,
+                color=[cmap(int(k) % 10) for k in labels],
+                align="edge",
+            )
+        ax.set_yticks(np.arange(len(names)) + 0.4, names[::-1], fontsize=7)
+        ax.set_xlim(0, len(clip.frames))
+        ax.set_title(" | ".join(clip.clauses), fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[-1, 0].set_xlabel("frame (colour = clause index)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plt() -> Any:

@@ -13,7 +13,9 @@ from alignfuse.temporal.dtw import (
     dtw_path,
     pairwise_cost,
     subsequence_dtw,
+    warping_path,
 )
+from alignfuse.temporal.matching import GraphMatcher, chain_adjacency, sinkhorn_layer
 from alignfuse.temporal.soft_dtw import (
     SoftDTWLoss,
     soft_dtw,
@@ -22,14 +24,18 @@ from alignfuse.temporal.soft_dtw import (
 )
 
 __all__ = [
+    "GraphMatcher",
     "SoftDTWLoss",
     "SubsequenceMatch",
     "cdist_dtw",
+    "chain_adjacency",
     "dtw",
     "dtw_path",
     "pairwise_cost",
+    "sinkhorn_layer",
     "soft_dtw",
     "soft_dtw_alignment",
     "soft_dtw_divergence",
     "subsequence_dtw",
+    "warping_path",
 ]

@@ -306,6 +306,42 @@ def cdist_dtw(
     return out
 
 
+def warping_path(
+    cost: Any,
+    *,
+    global_constraint: str | None = None,
+    sakoe_chiba_radius: int | None = None,
+    itakura_max_slope: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The optimal warping path through a precomputed local cost matrix ``(n, m)``, and its
+    summed cost. For costs that do not come from two series (e.g. negative log-probabilities
+    of a matcher). Costs must be finite; they may be negative.
+
+    Example:
+        >>> import torch
+        >>> path, total = warping_path(torch.tensor([[0.0, 5.0], [5.0, 0.0], [1.0, 0.0]]))
+        >>> path.tolist(), float(total)
+        ([[0, 0], [1, 1], [2, 1]], 0.0)
+    """
+    c = torch.as_tensor(cost)
+    if not c.is_floating_point():
+        c = c.double()
+    if c.ndim != 2 or 0 in c.shape:
+        raise ValueError(f"cost must be a non-empty (n, m) matrix, got shape {tuple(c.shape)}")
+    if not torch.isfinite(c).all():
+        raise ValueError("cost contains NaN or Inf")
+    code, param = constraint_code(global_constraint, sakoe_chiba_radius, itakura_max_slope)
+    n, m = c.shape
+    lens_n, lens_m = np.array([n]), np.array([m])
+    r = K.accumulate(_np(c[None]), lens_n, lens_m, code, param, False)
+    if not np.isfinite(r[0, n, m]):
+        raise ValueError(
+            f"global_constraint={global_constraint!r} admits no warping path for {n} x {m}"
+        )
+    path = torch.from_numpy(K.backtrack(r[0], n, m, False))
+    return path, c[path[:, 0].to(c.device), path[:, 1].to(c.device)].sum()
+
+
 class SubsequenceMatch(NamedTuple):
     """Best match of a query inside a longer series: ``series[start:end]``."""
 
