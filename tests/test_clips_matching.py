@@ -24,9 +24,11 @@ def test_clips_are_deterministic_and_consistent(tmp_path):
     for clip in a["test"].clips:
         assert 3 <= len(clip.clauses) <= 5 and clip.frames.dtype == np.uint8
         assert clip.spans[0][0] == 0 and clip.spans[-1][1] == len(clip.frames)
-        assert all(s[1] == t[0] for s, t in zip(clip.spans, clip.spans[1:]))  # contiguous
         assert all(
-            c != d for c, d in zip(clip.clauses, clip.clauses[1:])
+            s[1] == t[0] for s, t in zip(clip.spans, clip.spans[1:], strict=False)
+        )  # contiguous
+        assert all(
+            c != d for c, d in zip(clip.clauses, clip.clauses[1:], strict=False)
         )  # no event twice in a row
         assert np.bincount(clip.labels()).tolist() == [b - a for a, b in clip.spans]
     with pytest.raises(DataError, match="n_train"):
@@ -132,7 +134,7 @@ def test_training_learns_and_resumes(tmp_path):
         data["train"], vocab, epochs=4, checkpoint_dir=tmp_path / "e", progress=False
     )
     assert hist[-1] < hist[0]
-    again, hist2 = train_embedder(
+    _, hist2 = train_embedder(
         data["train"], vocab, epochs=4, checkpoint_dir=tmp_path / "e", progress=False
     )
     assert hist2 == hist  # resumed from the last checkpoint: nothing left to run
