@@ -6,7 +6,15 @@ from alignfuse.registry import FAMILIES, Registry
 
 
 def test_every_family_listed_and_documented():
-    assert set(FAMILIES) == {"losses", "fusion", "encoders", "models", "datasets", "metrics"}
+    assert set(FAMILIES) == {
+        "losses",
+        "fusion",
+        "interactions",
+        "encoders",
+        "models",
+        "datasets",
+        "metrics",
+    }
     for reg in FAMILIES.values():
         for entry in reg.entries():
             assert entry.summary, f"{reg.family} {entry.name} has no docstring"

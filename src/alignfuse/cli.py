@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument(
-        "family", nargs="?", help="losses, fusion, encoders, models, datasets, metrics, suites"
+        "family",
+        nargs="?",
+        help="losses, fusion, interactions, encoders, models, datasets, metrics, suites",
     )
     ls.set_defaults(func=_cmd_list)
     return p

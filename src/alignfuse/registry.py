@@ -117,6 +117,7 @@ class Registry(Generic[T]):
 
 LOSSES: Registry[Any] = Registry("loss")
 FUSION: Registry[Any] = Registry("fusion")
+INTERACTIONS: Registry[Any] = Registry("interaction")
 ENCODERS: Registry[Any] = Registry("encoder")
 MODELS: Registry[Any] = Registry("model")
 DATASETS: Registry[Any] = Registry("dataset")
@@ -125,6 +126,7 @@ METRICS: Registry[Any] = Registry("metric")
 FAMILIES: dict[str, Registry[Any]] = {
     "losses": LOSSES,
     "fusion": FUSION,
+    "interactions": INTERACTIONS,
     "encoders": ENCODERS,
     "models": MODELS,
     "datasets": DATASETS,
@@ -150,6 +152,16 @@ def create_fusion(name: str, **kwargs: Any) -> Any:
 def list_fusion() -> list[str]:
     """Names of the registered fusion modules."""
     return FUSION.names()
+
+
+def create_interaction(name: str, **kwargs: Any) -> Any:
+    """Build the registered interaction scorer ``name`` (SCAN, IMRAM, ...)."""
+    return INTERACTIONS.create(name, **kwargs)
+
+
+def list_interactions() -> list[str]:
+    """Names of the registered interaction scorers."""
+    return INTERACTIONS.names()
 
 
 def create_encoder(name: str, **kwargs: Any) -> Any:

@@ -1,0 +1,9 @@
+"""Implicit alignment: similarity by cross-modal attention between region (or patch) features
+and word features, scored for every image against every caption in chunks.
+
+Registered in the ``interaction`` family (``alignfuse.list_interactions()``).
+"""
+
+from alignfuse.interaction.scan import SCAN, scan_similarity
+
+__all__ = ["SCAN", "scan_similarity"]
