@@ -29,7 +29,10 @@ def per_caption_loop(
     for c in range(words.shape[0]):
         cap = words[c : c + 1].repeat(n_img, 1, 1)  # (I, W, d)
         attn = torch.bmm(regions, cap.transpose(1, 2))  # (I, R, W) raw dot products
-        attn = F.normalize(attn.clamp_min(0), dim=2)  # clipped, normalised over words
+        attn = attn.clamp_min(0)
+        attn = attn / (
+            attn.pow(2).sum(2, keepdim=True).sqrt() + 1e-8
+        )  # the authors' l2norm, over words
         attn = torch.softmax(attn.transpose(1, 2) * l1, dim=2)  # (I, W, R) over regions
         ctx = torch.bmm(attn, regions)  # (I, W, d) attended region vectors
         rel = F.cosine_similarity(cap, ctx, dim=2)  # (I, W)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import alignfuse
-from alignfuse.interaction import SCAN, scan_similarity
+from alignfuse.interaction import DIME, IMRAM, SCAN, LateInteraction, scan_similarity
 
 
 def naive_scan(v, e, direction, aggregation, l1, l2, vm=None, em=None, eps=1e-8):
@@ -65,14 +65,102 @@ def test_scan_gradients_and_functional_form():
     torch.testing.assert_close(scan_similarity(v, e, direction="i2t"), SCAN("i2t")(v, e))
 
 
-def test_registry_contract():
-    assert "scan" in alignfuse.list_interactions()
-    for name in alignfuse.list_interactions():
-        m = alignfuse.create_interaction(name)
-        v, e = torch.randn(3, 4, 8), torch.randn(5, 6, 8)
-        out = m(v, e)
-        assert out.shape == (3, 5) and out.dtype == torch.float32 and torch.isfinite(out).all()
-        assert m(v.double(), e.double()).dtype == torch.float64
+@pytest.mark.parametrize("name", ["scan", "imram", "dime", "filip"])
+def test_registry_contract(name):
+    assert name in alignfuse.list_interactions()
+    torch.manual_seed(0)
+    m = alignfuse.create_interaction(name)
+    v, e = torch.randn(3, 4, 64, requires_grad=True), torch.randn(5, 6, 64, requires_grad=True)
+    em = torch.ones(5, 6, dtype=torch.bool)
+    em[1, 3:] = False
+    out = m(v, e, None, em)
+    assert out.shape == (3, 5) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(v.grad).all() and torch.isfinite(e.grad).all()
+    # padded words do not change the scores; chunking does not either
+    e2 = e.detach().clone()
+    e2[1, 3:] = 50.0
+    with torch.no_grad():
+        torch.testing.assert_close(m(v, e2, None, em), out, atol=1e-5, rtol=1e-5)
+        if hasattr(m, "chunk_images"):
+            m.chunk_images, m.chunk_captions = 2, 2
+            torch.testing.assert_close(m(v, e, None, em), out, atol=1e-5, rtol=1e-5)
+    assert m.double()(v.double(), e.double()).dtype == torch.float64
+
+
+def test_imram_one_step_is_scan_average():
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(3, 5, 8, generator=g, dtype=torch.float64)
+    e = torch.randn(4, 6, 8, generator=g, dtype=torch.float64)
+    for direction in ("t2i", "i2t"):
+        imram = IMRAM(dim=8, steps=1, direction=direction, lambda_softmax=7.0).double()
+        scan = SCAN(direction, "avg", lambda_softmax=7.0)
+        torch.testing.assert_close(imram(v, e), scan(v, e))
+    both = IMRAM(dim=8, steps=1, direction="both", lambda_softmax=7.0).double()
+    torch.testing.assert_close(
+        both(v, e),
+        SCAN("t2i", "avg", lambda_softmax=7.0)(v, e) + SCAN("i2t", "avg", lambda_softmax=7.0)(v, e),
+    )
+
+
+def test_imram_two_steps_equal_an_explicit_memory_update():
+    g = torch.Generator().manual_seed(2)
+    v = torch.randn(2, 4, 6, generator=g, dtype=torch.float64)
+    e = torch.randn(3, 5, 6, generator=g, dtype=torch.float64)
+    m = IMRAM(dim=6, steps=2, direction="t2i", lambda_softmax=5.0).double()
+    ref = torch.zeros(2, 3, dtype=torch.float64)
+    for a in range(2):
+        for b in range(3):
+            x = e[b]
+            for k in range(2):
+                s = (
+                    torch.nn.functional.normalize(x, dim=-1)
+                    @ torch.nn.functional.normalize(v[a], dim=-1).T
+                )
+                sp = s.clamp_min(0)
+                sn = sp / (sp.pow(2).sum(0, keepdim=True).sqrt() + 1e-8)
+                ctx = torch.softmax(5.0 * sn, dim=1) @ v[a]
+                ref[a, b] += torch.nn.functional.cosine_similarity(x, ctx, dim=-1).mean()
+                if k == 0:
+                    xc = torch.cat((x, ctx), -1)
+                    gate = torch.sigmoid(m.gate["t2i"](xc))
+                    x = gate * x + (1 - gate) * torch.tanh(m.update["t2i"](xc))
+    torch.testing.assert_close(m(v, e), ref)
+
+
+def test_filip_scorer_is_mean_of_best_matches():
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(2, 4, 5, generator=g, dtype=torch.float64)
+    e = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
+    vn, en = torch.nn.functional.normalize(v, dim=-1), torch.nn.functional.normalize(e, dim=-1)
+    i2t = torch.tensor(
+        [[float((vn[a] @ en[b].T).max(1).values.mean()) for b in range(3)] for a in range(2)],
+        dtype=torch.float64,
+    )
+    t2i = torch.tensor(
+        [[float((vn[a] @ en[b].T).max(0).values.mean()) for b in range(3)] for a in range(2)],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(LateInteraction("i2t")(v, e), i2t)
+    torch.testing.assert_close(LateInteraction("t2i")(v, e), t2i)
+    torch.testing.assert_close(LateInteraction("both")(v, e), (i2t + t2i) / 2)
+
+
+def test_dime_routes_are_distributions_and_it_learns():
+    torch.manual_seed(4)
+    m = DIME(dim=16, layers=2, heads=2)
+    v, e = torch.randn(4, 3, 16), torch.randn(4, 5, 16)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    target = torch.eye(4)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(m(v, e) * 10, torch.arange(4))
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]
+    assert target.shape == (4, 4)
 
 
 @pytest.mark.parametrize(
@@ -102,6 +190,14 @@ def test_registry_contract():
         ),
         (lambda: SCAN(direction="both"), "direction"),
         (lambda: SCAN(aggregation="max"), "aggregation"),
+        (lambda: IMRAM(steps=0), "steps"),
+        (lambda: IMRAM(direction="up"), "direction"),
+        (lambda: DIME(dim=10, heads=4), "divisible"),
+        (lambda: LateInteraction("sideways"), "direction"),
+        (
+            lambda: IMRAM(dim=4)(torch.randn(2, 3, 4), torch.randn(2, 3, 5)),
+            "share the feature size",
+        ),
     ],
 )
 def test_bad_input(call, match):

@@ -4,6 +4,7 @@ and word features, scored for every image against every caption in chunks.
 Registered in the ``interaction`` family (``alignfuse.list_interactions()``).
 """
 
+from alignfuse.interaction.recurrent import DIME, IMRAM, LateInteraction, attend
 from alignfuse.interaction.scan import SCAN, scan_similarity
 
-__all__ = ["SCAN", "scan_similarity"]
+__all__ = ["DIME", "IMRAM", "SCAN", "LateInteraction", "attend", "scan_similarity"]

@@ -43,7 +43,9 @@ def _clip_norm(
 ) -> torch.Tensor:
     s = F.leaky_relu(s, leaky) if leaky > 0 else s.clamp_min(0)
     s = s * valid
-    return s / (s.pow(2).sum(dim, keepdim=True).sqrt() + eps)
+    # vector_norm has a zero (not NaN) gradient at an all-zero column
+    out: torch.Tensor = s / (torch.linalg.vector_norm(s, dim=dim, keepdim=True) + eps)
+    return out
 
 
 @INTERACTIONS.register("scan")
