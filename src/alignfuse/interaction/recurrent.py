@@ -219,7 +219,7 @@ class DIME(_Chunked):
     ) -> torch.Tensor:
         x = q[:, None].expand(-1, c.shape[0], -1, -1)
         inputs = [x] * 4
-        weights = [x.new_full(x.shape[:2] + (4,), 0.25)] * 4
+        weights = [x.new_full((*x.shape[:2], 4), 0.25)] * 4
         stack: nn.ModuleList = self.layers[which]  # type: ignore[assignment]
         for cells in stack:
             # each cell reads the routed mixture of the previous layer's outputs
