@@ -50,11 +50,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench import load_suite, run_suite
     from alignfuse.bench.correlation import is_correlation_suite, run_correlation_suite
+    from alignfuse.bench.fusion import is_fusion_suite, run_fusion_suite
     from alignfuse.bench.temporal import is_temporal_suite, run_temporal_suite
 
     for is_kind, run in (
         (is_correlation_suite, run_correlation_suite),
         (is_temporal_suite, run_temporal_suite),
+        (is_fusion_suite, run_fusion_suite),
     ):
         if is_kind(args.suite):
             if args.overrides:

@@ -1,0 +1,621 @@
+"""The ``fusion`` benchmark on the built-in shapes data.
+
+1. A CLIP-style dual encoder (CNN + BiGRU, InfoNCE) is trained once; its CNN is then frozen
+   and its spatial tokens are the image input of every fusion, so fusions are compared on the
+   same visual features (the frozen-encoder regime of BLIP-2).
+2. Visual question answering: each fusion, with its own small trainable question encoder
+   (word embeddings + BiGRU) and an answer classifier, is trained on the training questions
+   with the engine loop; test accuracy overall and per question type, parameters, train
+   time, latency; robustness: the image dropped (absent for fusions that allow it, zeros
+   otherwise), the question dropped, and the image tokens corrupted by Gaussian noise.
+3. Retrieval in two stages: the dual encoder's top ``k`` captions per image re-ranked by the
+   interaction scorers (SCAN, FILIP, ...) on the dual encoder's projected region and word
+   tokens; R@K, hard-negative accuracy and Winoground scores of each scorer against the
+   global dual encoder, and the latency per query.
+4. Plots: accuracy and robustness per fusion; SAN's attention over the image per question;
+   SCAN's attention per word of a caption over a test image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from alignfuse._io import write_text_atomic
+from alignfuse.bench.correlation import _read
+from alignfuse.config import ExperimentConfig, from_dict
+from alignfuse.data.shapes import load_shapes
+from alignfuse.encoders.tokenizer import Tokenizer
+from alignfuse.engine.evaluate import images_to_tensor
+from alignfuse.engine.loop import fit_epochs, optimizer_step
+from alignfuse.errors import ConfigError
+from alignfuse.metrics.compositional import hard_negative_accuracy, winoground_scores
+from alignfuse.metrics.retrieval import retrieval_metrics
+from alignfuse.registry import FUSION, INTERACTIONS, suggest
+
+KEYS = {"name", "kind", "description", "data", "pretrain", "vqa", "fusions", "args", "retrieval"}
+
+
+def is_fusion_suite(name_or_path: str) -> bool:
+    """Whether a suite (built-in name or YAML path) is of kind ``fusion``."""
+    raw = _read(name_or_path)
+    return isinstance(raw, dict) and raw.get("kind") == "fusion"
+
+
+class QuestionEncoder(nn.Module):
+    """Word embeddings and a BiGRU over a question: tokens ``(B, L, 2 hidden)`` and a mask."""
+
+    def __init__(self, vocab_size: int, dim: int = 64, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.gru = nn.GRU(dim, hidden, batch_first=True, bidirectional=True)
+        self.out_dim = 2 * hidden
+
+    def forward(
+        self, ids: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        packed = pack_padded_sequence(
+            self.embed(ids), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, _ = pad_packed_sequence(
+            self.gru(packed)[0], batch_first=True, total_length=ids.shape[1]
+        )
+        mask = torch.arange(ids.shape[1], device=ids.device)[None] < lengths.to(ids.device)[:, None]
+        return out, mask
+
+
+class VQAModel(nn.Module):
+    """Question encoder + a fusion of (image tokens, question tokens) + answer classifier."""
+
+    def __init__(
+        self,
+        fusion: str,
+        image_dim: int,
+        vocab_size: int,
+        n_answers: int,
+        width: int,
+        args: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.question = QuestionEncoder(vocab_size)
+        self.fusion = FUSION.create(
+            fusion,
+            dims={"image": image_dim, "question": self.question.out_dim},
+            out_dim=width,
+            **args,
+        )
+        self.head = nn.Sequential(nn.GELU(), nn.Linear(width, n_answers))
+
+    def forward(
+        self, image: torch.Tensor | None, ids: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        q, qm = self.question(ids, lengths)
+        inputs, masks = {"question": q}, {"question": qm}
+        if image is not None:
+            inputs["image"] = image
+        return self.head(self.fusion(inputs, masks))  # type: ignore[no-any-return]
+
+
+def _pretrain(data: Any, cfg: dict[str, Any], out: Path, log: Callable[[str], None]) -> Any:
+    from alignfuse.bench.runner import run_experiment
+
+    base: dict[str, Any] = {
+        "name": "fusion_pretrain",
+        "data": {"name": "shapes"},
+        "model": {"embed_dim": 128},
+        "train": {"epochs": 3, "checkpoint_every": 0},
+        "eval": {"splits": ["test"], "val_subset": 200},
+    }
+    for k, v in cfg.items():
+        old = base.get(k, {})
+        base[k] = {**old, **v} if isinstance(v, dict) and isinstance(old, dict) else v
+    exp = from_dict(ExperimentConfig, base)
+    row, trainer, _ = run_experiment(exp, data, out / "pretrain", progress=False, log=log)
+    log(
+        f"pretrain: dual encoder t2i R@1 {row['metrics']['test/t2i_r1']:.3f} in {row['train_seconds']:.0f} s"
+    )
+    model = trainer.model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, row
+
+
+@torch.no_grad()
+def _image_tokens(model: Any, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+    out = [
+        model.image_encoder.tokens(images_to_tensor(images[s : s + batch]))
+        for s in range(0, len(images), batch)
+    ]
+    return torch.cat(out)
+
+
+def _questions(split: Any) -> tuple[list[int], list[str], list[str], list[str]]:
+    owner, qs, ans, kinds = [], [], [], []
+    for i, pairs in enumerate(split.extras["questions"]):
+        for q, a in pairs:
+            owner.append(i)
+            qs.append(q)
+            ans.append(a)
+            kinds.append(
+                "color"
+                if q.startswith("what color")
+                else "count"
+                if q.startswith("how many")
+                else "exists"
+            )
+    return owner, qs, ans, kinds
+
+
+def run_vqa(
+    name: str,
+    args: dict[str, Any],
+    train: dict[str, Any],
+    test: dict[str, Any],
+    cfg: dict[str, Any],
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], VQAModel]:
+    """Train one fusion on VQA; return its row (accuracy, robustness, cost) and the model."""
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    model = VQAModel(
+        name,
+        train["images"].shape[-1],
+        len(train["tokenizer"]),
+        len(train["answers"]),
+        int(cfg.get("width", 64)),
+        args,
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.get("lr", 2e-3)), weight_decay=1e-4)
+    bs = int(cfg.get("batch_size", 128))
+    n = len(train["labels"])
+
+    def run_epoch(epoch: int) -> float:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        losses = []
+        for s in range(0, n, bs):
+            idx = order[s : s + bs]
+            logits = model(
+                train["images"][train["owner"][idx]], train["ids"][idx], train["lengths"][idx]
+            )
+            losses.append(
+                optimizer_step(
+                    opt, F.cross_entropy(logits, train["labels"][idx]), f"vqa/{name}", epoch
+                )
+            )
+        return float(np.mean(losses))
+
+    t0 = time.perf_counter()
+    history = fit_epochs(
+        model, opt, int(cfg.get("epochs", 6)), run_epoch, progress=False, desc=name
+    )
+    train_s = time.perf_counter() - t0
+
+    @torch.no_grad()
+    def accuracy(mode: str) -> tuple[float, dict[str, float]]:
+        preds = []
+        g = torch.Generator().manual_seed(1)
+        for s in range(0, len(test["labels"]), 512):
+            img = test["images"][test["owner"][s : s + 512]]
+            ids, lens = test["ids"][s : s + 512], test["lengths"][s : s + 512]
+            if mode == "no_image":
+                img = None if not model.fusion.requires_all else torch.zeros_like(img)
+            elif mode == "noisy_image":
+                img = img + torch.randn(img.shape, generator=g) * test["image_std"]
+            elif mode == "no_question":
+                ids = torch.full_like(ids, 1)  # every word unknown
+            preds.append(model(img, ids, lens).argmax(1))
+        hit = (torch.cat(preds) == test["labels"]).numpy()
+        kinds = np.asarray(test["kinds"])
+        return float(hit.mean()), {
+            k: float(hit[kinds == k].mean()) for k in ("color", "count", "exists")
+        }
+
+    acc, per_kind = accuracy("clean")
+    robust = {f"acc_{m}": accuracy(m)[0] for m in ("no_image", "noisy_image", "no_question")}
+    with torch.no_grad():
+        one = test["images"][:1]
+        t1 = time.perf_counter()
+        for _ in range(20):
+            model(one, test["ids"][:1], test["lengths"][:1])
+        latency_ms = (time.perf_counter() - t1) / 20 * 1000
+    n_fusion = sum(p.numel() for p in model.fusion.parameters())
+    row = {
+        "task": "vqa",
+        "name": name,
+        "metrics": {"acc": acc, **{f"acc_{k}": v for k, v in per_kind.items()}, **robust},
+        "fusion_params": n_fusion,
+        "train_seconds": round(train_s, 1),
+        "latency_ms": round(latency_ms, 2),
+        "loss_first_last": [round(history[0], 4), round(history[-1], 4)],
+    }
+    log(
+        f"vqa / {name}: acc {acc:.3f} (color {per_kind['color']:.2f}, count {per_kind['count']:.2f}, "
+        f"exists {per_kind['exists']:.2f}); no image {robust['acc_no_image']:.3f}, noisy image "
+        f"{robust['acc_noisy_image']:.3f}; {n_fusion} fusion params, {train_s:.0f} s"
+    )
+    return row, model
+
+
+def _vqa_data(
+    split: Any, tokens: torch.Tensor, tok: Tokenizer, answers: list[str]
+) -> dict[str, Any]:
+    owner, qs, ans, kinds = _questions(split)
+    batch = tok.batch(qs, 16)
+    index = {a: i for i, a in enumerate(answers)}
+    keep = [i for i, a in enumerate(ans) if a in index]
+    return {
+        "images": tokens,
+        "owner": torch.tensor(owner)[keep],
+        "ids": batch["ids"][keep],
+        "lengths": batch["lengths"][keep],
+        "labels": torch.tensor([index[ans[i]] for i in keep]),
+        "kinds": [kinds[i] for i in keep],
+        "tokenizer": tok,
+        "answers": answers,
+        "image_std": float(tokens.std()),
+    }
+
+
+@torch.no_grad()
+def _text_tokens(
+    model: Any, texts: list[str], batch: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    toks, masks = [], []
+    for s in range(0, len(texts), batch):
+        prep = model.prepare_text(texts[s : s + batch])
+        t = model.text_encoder.tokens(**prep)
+        toks.append(model.text_proj(t))
+        masks.append(torch.arange(t.shape[1])[None] < prep["lengths"][:, None])
+    width = max(t.shape[1] for t in toks)
+    toks = [F.pad(t, (0, 0, 0, width - t.shape[1])) for t in toks]
+    masks = [F.pad(m, (0, width - m.shape[1])) for m in masks]
+    return torch.cat(toks), torch.cat(masks)
+
+
+def run_retrieval(
+    model: Any, data: Any, cfg: dict[str, Any], log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Dual encoder alone, then its top-k re-ranked by every scorer; plus compositional scores."""
+    test = data["test"]
+    texts, owner = test.flat_captions()
+    with torch.no_grad():
+        regions = model.image_proj(_image_tokens(model, test.images))
+        img_glob = model.encode_image(images_to_tensor(test.images))
+        words, wmask = _text_tokens(model, texts)
+        prep = model.prepare_text(texts)
+        txt_glob = model.encode_text(prep)
+    k = int(cfg.get("k", 16))
+    rows, extra = [], {"regions": regions, "words": words, "wmask": wmask, "texts": texts}
+    t0 = time.perf_counter()
+    sims = img_glob @ txt_glob.T
+    dual_ms = (time.perf_counter() - t0) / sims.shape[1] * 1000
+    base = retrieval_metrics(sims, torch.as_tensor(owner))
+    comp = _compositional(None, model, data)
+    rows.append(
+        {
+            "task": "retrieval",
+            "name": "dual_encoder",
+            "metrics": {**_recalls(base), **comp},
+            "ms_per_query": round(dual_ms, 3),
+        }
+    )
+    log(f"retrieval / dual_encoder: t2i R@1 {base['t2i_r1']:.3f}, R@5 {base['t2i_r5']:.3f}")
+    for name in cfg.get("scorers", ["scan", "filip"]):
+        scorer = INTERACTIONS.create(name, **(cfg.get("args", {}).get(name) or {}))
+        if any(p.requires_grad for p in scorer.parameters()):
+            log(
+                f"retrieval / {name}: has untrained parameters; skipped (train it as a matcher first)"
+            )
+            continue
+        scorer.eval()
+        # stage two: for every caption, re-score its top-k images by the dual encoder
+        t0 = time.perf_counter()
+        reranked = sims.clone()
+        top = sims.topk(k, dim=0).indices  # (k, n_captions)
+        with torch.no_grad():
+            for c in range(sims.shape[1]):
+                cand = top[:, c]
+                s = scorer(regions[cand], words[c : c + 1], None, wmask[c : c + 1])[:, 0]
+                reranked[cand, c] = 10.0 + s  # re-ranked candidates stay above the rest
+        ms = (time.perf_counter() - t0) / sims.shape[1] * 1000 + dual_ms
+        m = retrieval_metrics(reranked, torch.as_tensor(owner))
+        comp = _compositional(scorer, model, data)
+        rows.append(
+            {
+                "task": "retrieval",
+                "name": f"dual_encoder + {name} (top {k})",
+                "metrics": {**_recalls(m, t2i_only=True), **comp},
+                "ms_per_query": round(ms, 3),
+            }
+        )
+        log(
+            f"retrieval / {name}: t2i R@1 {m['t2i_r1']:.3f}, R@5 {m['t2i_r5']:.3f}, {ms:.2f} ms per query"
+        )
+    return rows, extra
+
+
+def _recalls(m: dict[str, float], t2i_only: bool = False) -> dict[str, float]:
+    keys = ["t2i_r1", "t2i_r5", "t2i_r10"] + ([] if t2i_only else ["i2t_r1", "i2t_r5", "i2t_r10"])
+    return {k: m[k] for k in keys}
+
+
+def _pair_scores(scorer: Any, v: torch.Tensor, w: torch.Tensor, wm: torch.Tensor) -> torch.Tensor:
+    """Score image ``i`` with caption ``i`` only (diagonal), for aligned lists."""
+    return torch.stack(
+        [scorer(v[i : i + 1], w[i : i + 1], None, wm[i : i + 1])[0, 0] for i in range(len(v))]
+    )
+
+
+def _compositional(scorer: Any, model: Any, data: Any) -> dict[str, float]:
+    """Hard-negative accuracy (the true caption against its minimal edit) and Winoground
+    scores, by the global dual encoder (``scorer=None``) or an interaction scorer on tokens."""
+    test = data["test"]
+    out: dict[str, float] = {}
+    negs = test.extras.get("negatives")
+    with torch.no_grad():
+        if negs:
+            pos_text = [test.captions[i][n["positive"]] for i, n in enumerate(negs)]
+            neg_text = [n["caption"] for n in negs]
+            if scorer is None:
+                img = model.encode_image(images_to_tensor(test.images))
+                p = (img * model.encode_text(model.prepare_text(pos_text))).sum(-1)
+                n = (img * model.encode_text(model.prepare_text(neg_text))).sum(-1)
+            else:
+                regions = model.image_proj(_image_tokens(model, test.images))
+                p = _pair_scores(scorer, regions, *_text_tokens(model, pos_text))
+                n = _pair_scores(scorer, regions, *_text_tokens(model, neg_text))
+            out.update(hard_negative_accuracy(p.numpy(), n.numpy()))
+        wino = getattr(data, "winoground", None)
+        if wino is not None and len(wino):
+            g = len(wino)
+            imgs = wino.images.reshape(-1, *wino.images.shape[2:])
+            caps = [c for pair in wino.captions for c in pair]
+            grid = torch.zeros(g, 2, 2)
+            if scorer is None:
+                vi = model.encode_image(images_to_tensor(imgs)).reshape(g, 2, -1)
+                vt = model.encode_text(model.prepare_text(caps)).reshape(g, 2, -1)
+                grid = torch.einsum("gcd,gid->gci", vt, vi)
+            else:
+                regions = model.image_proj(_image_tokens(model, imgs))
+                words, wm = _text_tokens(model, caps)
+                for gi in range(g):
+                    s = scorer(
+                        regions[2 * gi : 2 * gi + 2],
+                        words[2 * gi : 2 * gi + 2],
+                        None,
+                        wm[2 * gi : 2 * gi + 2],
+                    )
+                    grid[gi] = s.T  # grid[g, caption, image]
+            out.update(winoground_scores(grid.numpy()))
+    return out
+
+
+def run_fusion_suite(
+    name_or_path: str, out: str | Path, log: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run the fusion suite; write results.jsonl, leaderboard.md, report.md and plots."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    raw = _read(name_or_path)
+    for key in raw:
+        if key not in KEYS:
+            raise ConfigError(f"unknown suite key {key!r}{suggest(key, sorted(KEYS))}")
+    fusions = list(raw.get("fusions") or FUSION.names())
+    for f in fusions:
+        FUSION.get(f)  # unknown names fail here, with a suggestion
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = load_shapes(**(raw.get("data") or {}))
+    log(
+        f"data shapes: train {len(data['train'])}, test {len(data['test'])} ({time.perf_counter() - t0:.1f} s)"
+    )
+    model, pre_row = _pretrain(
+        data,
+        dict(raw.get("pretrain") or {}, data={"name": "shapes", "args": raw.get("data") or {}}),
+        out,
+        log,
+    )
+    rows: list[dict[str, Any]] = []
+
+    def save() -> None:
+        write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    # VQA on frozen image tokens
+    train_tok, test_tok = (
+        _image_tokens(model, data["train"].images),
+        _image_tokens(model, data["test"].images),
+    )
+    _, qs, ans, _ = _questions(data["train"])
+    tok = Tokenizer.build(qs)
+    answers = sorted(set(ans))
+    vqa_train = _vqa_data(data["train"], train_tok, tok, answers)
+    vqa_test = _vqa_data(data["test"], test_tok, tok, answers)
+    majority = float(
+        np.mean(np.asarray(vqa_test["labels"]) == np.bincount(vqa_train["labels"]).argmax())
+    )
+    log(
+        f"vqa: {len(vqa_train['labels'])} train / {len(vqa_test['labels'])} test questions, {len(answers)} answers, majority {majority:.3f}"
+    )
+    cfg = dict(raw.get("vqa") or {})
+    models = {}
+    for f in fusions:
+        row, m = run_vqa(
+            f, dict((raw.get("args") or {}).get(f) or {}), vqa_train, vqa_test, cfg, log
+        )
+        rows.append(row)
+        models[f] = m
+        save()
+    # two-stage retrieval and compositional scores
+    ret_rows, extra = run_retrieval(model, data, dict(raw.get("retrieval") or {}), log)
+    rows += ret_rows
+    save()
+    vqa_rows = [r for r in rows if r["task"] == "vqa"]
+    board = _vqa_board(vqa_rows, majority) + "\n" + _retrieval_board(ret_rows)
+    (out / "leaderboard.md").write_text(board)
+    _plot_vqa(vqa_rows, out / "vqa.png")
+    if "san" in models:
+        _plot_san(models["san"], data["test"], vqa_test, out / "san_attention.png")
+    _plot_scan_words(extra, data["test"], out / "scan_attention.png")
+    (out / "report.md").write_text(
+        f"# alignfuse bench: suite `{raw.get('name', 'fusion')}`\n\n{str(raw.get('description', '')).strip()}\n\n"
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores. Pretrained dual encoder: test t2i R@1 "
+        f"{pre_row['metrics']['test/t2i_r1']:.3f} ({pre_row['train_seconds']:.0f} s).\n\n"
+        f"## Leaderboard\n\n{board}\n![vqa](vqa.png)\n\n## Attention maps\n\n"
+        "SAN's two hops over the image for test questions:\n\n![san](san_attention.png)\n\n"
+        "SCAN's attention of each word of a test caption over the image regions:\n\n![scan](scan_attention.png)\n"
+    )
+    print(board)
+    return rows
+
+
+def _vqa_board(rows: list[dict[str, Any]], majority: float) -> str:
+    lines = [
+        f"VQA (majority answer: {majority:.3f})\n",
+        "| fusion | acc | color | count | exists | no image | noisy image | no question | fusion params | train s | ms / question |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: -r["metrics"]["acc"]):
+        m = r["metrics"]
+        lines.append(
+            f"| {r['name']} | {m['acc']:.3f} | {m['acc_color']:.3f} | {m['acc_count']:.3f} | {m['acc_exists']:.3f} | "
+            f"{m['acc_no_image']:.3f} | {m['acc_noisy_image']:.3f} | {m['acc_no_question']:.3f} | {r['fusion_params']:,} | "
+            f"{r['train_seconds']:.0f} | {r['latency_ms']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _retrieval_board(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "Retrieval (test, text to image) and compositional scores\n",
+        "| scorer | t2i R@1 | t2i R@5 | t2i R@10 | hard-negative acc | wino text | wino image | wino group | ms / query |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = r["metrics"]
+        cells = [
+            m.get(k)
+            for k in (
+                "t2i_r1",
+                "t2i_r5",
+                "t2i_r10",
+                "hard_negative_acc",
+                "wino_text",
+                "wino_image",
+                "wino_group",
+            )
+        ]
+        lines.append(
+            f"| {r['name']} | "
+            + " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
+            + f" | {r['ms_per_query']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_vqa(rows: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    rows = sorted(rows, key=lambda r: -r["metrics"]["acc"])
+    names = [r["name"] for r in rows]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for i, (key, label) in enumerate(
+        (
+            ("acc", "clean"),
+            ("acc_noisy_image", "noisy image"),
+            ("acc_no_image", "no image"),
+            ("acc_no_question", "no question"),
+        )
+    ):
+        ax.bar(x + (i - 1.5) * 0.2, [r["metrics"][key] for r in rows], 0.2, label=label)
+    ax.set_xticks(x, names, rotation=30, fontsize=8)
+    ax.set(
+        ylabel="VQA accuracy (test)",
+        title="fusions on shapes VQA: clean and with a modality degraded",
+    )
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _overlay(ax: Any, image: np.ndarray, weights: np.ndarray, title: str) -> None:
+    side = round(len(weights) ** 0.5)
+    heat = weights.reshape(side, side)
+    ax.imshow(image)
+    ax.imshow(
+        np.kron(heat, np.ones((image.shape[0] // side, image.shape[1] // side))),
+        cmap="jet",
+        alpha=0.45,
+    )
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+@torch.no_grad()
+def _plot_san(model: VQAModel, split: Any, test: dict[str, Any], path: Path, n: int = 4) -> None:
+    plt = _plt()
+    model.eval()
+    idx = list(range(n))
+    logits = model(test["images"][test["owner"][idx]], test["ids"][idx], test["lengths"][idx])
+    att = model.fusion.last_attention  # (n, hops, regions)
+    fig, axes = plt.subplots(n, 3, figsize=(6, 2.1 * n))
+    for r, i in enumerate(idx):
+        img = split.images[int(test["owner"][i])]
+        q = " ".join(
+            test["tokenizer"].decode(test["ids"][i][: test["lengths"][i]].tolist()).split()
+        )
+        pred = test["answers"][int(logits[r].argmax())]
+        axes[r, 0].imshow(img)
+        axes[r, 0].set_title(f"{q}\n-> {pred}", fontsize=6)
+        axes[r, 0].axis("off")
+        for h in range(2):
+            _overlay(axes[r, h + 1], img, att[r, h].numpy(), f"hop {h + 1}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def _plot_scan_words(extra: dict[str, Any], split: Any, path: Path) -> None:
+    """SCAN t2i attention of each word of the first test caption over its image's regions."""
+    plt = _plt()
+    regions, words, wmask, texts = extra["regions"], extra["words"], extra["wmask"], extra["texts"]
+    n_words = int(wmask[0].sum())
+    # SCAN t2i: clipped cosines normalised over the words, softmax over the regions
+    s = F.normalize(words[0, :n_words], dim=-1) @ F.normalize(regions[0], dim=-1).T
+    sp = s.clamp_min(0)
+    alpha = torch.softmax(9.0 * sp / (sp.norm(dim=0, keepdim=True) + 1e-8), dim=1)
+    cols = min(n_words, 8)
+    fig, axes = plt.subplots(1, cols + 1, figsize=(1.8 * (cols + 1), 2.2))
+    axes[0].imshow(split.images[0])
+    axes[0].set_title(texts[0], fontsize=6)
+    axes[0].axis("off")
+    tokens = texts[0].split()
+    for j in range(cols):
+        _overlay(
+            axes[j + 1], split.images[0], alpha[j].numpy(), tokens[j] if j < len(tokens) else "?"
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
