@@ -199,3 +199,15 @@ def test_float32_and_dtype_kept():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_default_tolerance_follows_the_dtype():
+    _, _, a, b, cost = _problem(13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = sinkhorn(
+            torch.tensor(a).float(), torch.tensor(b).float(), torch.tensor(cost).float(), reg=0.5
+        )
+    assert bool(res.converged) and float(res.marginal_error) <= 1e-6
+    res64 = sinkhorn(a, b, cost, reg=0.5)
+    assert float(res64.marginal_error) <= 1e-9

@@ -57,7 +57,7 @@ def _solve(
     alpha: float,
     epsilon: float,
     max_iter: int,
-    tol: float,
+    tol: float | None,
     sinkhorn_max_iter: int,
     warn: bool,
 ) -> TransportResult:
@@ -83,6 +83,8 @@ def _solve(
     pw, qw, feat, _ = check_problem(p, q, feat, epsilon, name="M")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    if tol is None:
+        tol = 1e-9 if C1.dtype == torch.float64 else 1e-6
     const = _gw_parts(C1, C2, pw, qw)
     t = pw[:, :, None] * qw[:, None, :]
     err = torch.full((bsz,), float("inf"), dtype=C1.dtype, device=C1.device)
@@ -130,7 +132,7 @@ def entropic_gromov_wasserstein(
     *,
     epsilon: float = 0.1,
     max_iter: int = 1000,
-    tol: float = 1e-9,
+    tol: float | None = None,
     sinkhorn_max_iter: int = 1000,
     warn: bool = True,
 ) -> TransportResult:
@@ -153,7 +155,7 @@ def entropic_fused_gromov_wasserstein(
     alpha: float = 0.5,
     epsilon: float = 0.1,
     max_iter: int = 1000,
-    tol: float = 1e-9,
+    tol: float | None = None,
     sinkhorn_max_iter: int = 1000,
     warn: bool = True,
 ) -> TransportResult:
