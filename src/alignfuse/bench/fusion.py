@@ -45,7 +45,18 @@ from alignfuse.metrics.compositional import hard_negative_accuracy, winoground_s
 from alignfuse.metrics.retrieval import retrieval_metrics
 from alignfuse.registry import FUSION, INTERACTIONS, suggest
 
-KEYS = {"name", "kind", "description", "data", "pretrain", "vqa", "fusions", "args", "retrieval"}
+KEYS = {
+    "name",
+    "kind",
+    "description",
+    "data",
+    "pretrain",
+    "vqa",
+    "matching",
+    "fusions",
+    "args",
+    "retrieval",
+}
 
 
 def is_fusion_suite(name_or_path: str) -> bool:
@@ -106,6 +117,124 @@ class VQAModel(nn.Module):
         if image is not None:
             inputs["image"] = image
         return self.head(self.fusion(inputs, masks))  # type: ignore[no-any-return]
+
+
+class MatchModel(nn.Module):
+    """Caption encoder + a fusion of (image tokens, caption tokens) + a match logit."""
+
+    def __init__(
+        self, fusion: str, image_dim: int, vocab_size: int, width: int, args: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.text = QuestionEncoder(vocab_size)
+        self.fusion = FUSION.create(
+            fusion, dims={"image": image_dim, "question": self.text.out_dim}, out_dim=width, **args
+        )
+        self.head = nn.Sequential(nn.GELU(), nn.Linear(width, 1))
+
+    def forward(
+        self, image: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        t, tm = self.text(ids, lengths)
+        return self.head(self.fusion({"image": image, "question": t}, {"question": tm}))[:, 0]  # type: ignore[no-any-return]
+
+
+def perturb(caption: str, rng: np.random.Generator) -> str:
+    """A word-level hard negative for training (NegCLIP-style): swap two different colours or
+    shapes of the caption, else replace its colour by another. Not guaranteed false for every
+    scene (another object may have that colour); test negatives are the dataset's exact
+    minimal edits."""
+    from alignfuse.data.shapes import COLORS, SHAPES
+
+    words = caption.split()
+    for vocab in (set(COLORS), set(SHAPES) | {s + "s" for s in SHAPES}):
+        pos = [i for i, w in enumerate(words) if w in vocab]
+        distinct = [i for i in pos if words[i] != words[pos[0]]] if pos else []
+        if distinct:
+            a, b = pos[0], distinct[0]
+            words[a], words[b] = words[b], words[a]
+            return " ".join(words)
+    pos = [i for i, w in enumerate(words) if w in COLORS]
+    if pos:
+        i = pos[int(rng.integers(len(pos)))]
+        words[i] = str(rng.choice([c for c in COLORS if c != words[i]]))
+    return " ".join(words)
+
+
+def _matching_data(split: Any, tokens: torch.Tensor, tok: Tokenizer, seed: int) -> dict[str, Any]:
+    """Per image: a true caption, a hard negative (the dataset's minimal edit where the split
+    has one, else a word swap) and a caption of another image."""
+    rng = np.random.default_rng(seed)
+    negs = split.extras.get("negatives")
+    n = len(split)
+    if negs:
+        pos = [split.captions[i][negs[i]["positive"]] for i in range(n)]
+        hard = [negs[i]["caption"] for i in range(n)]
+    else:
+        pos = [split.captions[i][int(rng.integers(len(split.captions[i])))] for i in range(n)]
+        hard = [perturb(c, rng) for c in pos]
+    other = [split.captions[(i + 1 + int(rng.integers(n - 1))) % n][0] for i in range(n)]
+    enc = {k: tok.batch(v, 24) for k, v in (("pos", pos), ("hard", hard), ("other", other))}
+    return {"images": tokens, **enc}
+
+
+def run_matching(
+    name: str,
+    args: dict[str, Any],
+    train: dict[str, Any],
+    test: dict[str, Any],
+    vocab: int,
+    cfg: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train one fusion as an image-text matcher (positives vs hard and random negatives)."""
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    model = MatchModel(name, train["images"].shape[-1], vocab, int(cfg.get("width", 64)), args)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.get("lr", 2e-3)), weight_decay=1e-4)
+    bs = int(cfg.get("batch_size", 128))
+    n = train["images"].shape[0]
+
+    def run_epoch(epoch: int) -> float:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        losses = []
+        for s in range(0, n, bs):
+            idx = order[s : s + bs]
+            img = train["images"][idx]
+            logits, labels = [], []
+            for kind, y in (("pos", 1.0), ("hard", 0.0), ("other", 0.0)):
+                b = train[kind]
+                logits.append(model(img, b["ids"][idx], b["lengths"][idx]))
+                labels.append(torch.full((len(idx),), y))
+            loss = F.binary_cross_entropy_with_logits(
+                torch.cat(logits), torch.cat(labels), pos_weight=torch.tensor(2.0)
+            )
+            losses.append(optimizer_step(opt, loss, f"matching/{name}", epoch))
+        return float(np.mean(losses))
+
+    t0 = time.perf_counter()
+    fit_epochs(model, opt, int(cfg.get("epochs", 6)), run_epoch, progress=False, desc=name)
+    train_s = time.perf_counter() - t0
+    with torch.no_grad():
+        sc = {
+            k: model(test["images"], test[k]["ids"], test[k]["lengths"])
+            for k in ("pos", "hard", "other")
+        }
+    match_acc = float(torch.cat([(sc["pos"] > 0), (sc["other"] <= 0)]).float().mean())
+    hard_acc = float((sc["pos"] > sc["hard"]).float().mean())
+    random_acc = float((sc["pos"] > sc["other"]).float().mean())
+    log(
+        f"matching / {name}: match acc {match_acc:.3f}, pos > hard negative {hard_acc:.3f}, pos > random {random_acc:.3f} ({train_s:.0f} s)"
+    )
+    return {
+        "task": "matching",
+        "name": name,
+        "metrics": {
+            "match_acc": match_acc,
+            "hard_negative_acc": hard_acc,
+            "random_negative_acc": random_acc,
+        },
+        "train_seconds": round(train_s, 1),
+    }
 
 
 def _pretrain(data: Any, cfg: dict[str, Any], out: Path, log: Callable[[str], None]) -> Any:
@@ -311,13 +440,27 @@ def run_retrieval(
         }
     )
     log(f"retrieval / dual_encoder: t2i R@1 {base['t2i_r1']:.3f}, R@5 {base['t2i_r5']:.3f}")
+    train_tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray] | None = None
     for name in cfg.get("scorers", ["scan", "filip"]):
-        scorer = INTERACTIONS.create(name, **(cfg.get("args", {}).get(name) or {}))
+        args = dict((cfg.get("args") or {}).get(name) or {})
+        if name in ("imram", "dime"):
+            args.setdefault("dim", regions.shape[-1])
+        scorer = INTERACTIONS.create(name, **args)
+        train_s = 0.0
         if any(p.requires_grad for p in scorer.parameters()):
+            if train_tokens is None:
+                tr = data["train"]
+                tr_texts, tr_owner = tr.flat_captions()
+                with torch.no_grad():
+                    tr_regions = model.image_proj(_image_tokens(model, tr.images))
+                tr_words, tr_mask = _text_tokens(model, tr_texts)
+                train_tokens = (tr_regions, tr_words, tr_mask, tr_owner)
+            t0 = time.perf_counter()
+            history = train_scorer(scorer, *train_tokens, dict(cfg.get("train") or {}))
+            train_s = time.perf_counter() - t0
             log(
-                f"retrieval / {name}: has untrained parameters; skipped (train it as a matcher first)"
+                f"retrieval / {name}: trained as a matcher in {train_s:.0f} s (loss {history[0]:.3f} -> {history[-1]:.3f})"
             )
-            continue
         scorer.eval()
         # stage two: for every caption, re-score its top-k images by the dual encoder
         t0 = time.perf_counter()
@@ -334,6 +477,7 @@ def run_retrieval(
         rows.append(
             {
                 "task": "retrieval",
+                "train_seconds": round(train_s, 1),
                 "name": f"dual_encoder + {name} (top {k})",
                 "metrics": {**_recalls(m, t2i_only=True), **comp},
                 "ms_per_query": round(ms, 3),
@@ -343,6 +487,46 @@ def run_retrieval(
             f"retrieval / {name}: t2i R@1 {m['t2i_r1']:.3f}, R@5 {m['t2i_r5']:.3f}, {ms:.2f} ms per query"
         )
     return rows, extra
+
+
+def train_scorer(
+    scorer: nn.Module,
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    wmask: torch.Tensor,
+    owner: np.ndarray,
+    cfg: dict[str, Any],
+) -> list[float]:
+    """Train an interaction scorer as a matcher: batches of images with one caption each,
+    symmetric InfoNCE over the batch's all-pairs scores, with the engine loop."""
+    opt = torch.optim.AdamW(scorer.parameters(), lr=float(cfg.get("lr", 1e-3)), weight_decay=1e-4)
+    bs, scale = int(cfg.get("batch_size", 32)), float(cfg.get("scale", 10.0))
+    n_img = regions.shape[0]
+    by_image: list[list[int]] = [[] for _ in range(n_img)]
+    for c, i in enumerate(owner):
+        by_image[int(i)].append(c)
+
+    def run_epoch(epoch: int) -> float:
+        g = torch.Generator().manual_seed(epoch)
+        order = torch.randperm(n_img, generator=g)
+        losses = []
+        for s in range(0, n_img - bs + 1, bs):
+            imgs = order[s : s + bs]
+            caps = torch.tensor(
+                [
+                    by_image[int(i)][int(torch.randint(len(by_image[int(i)]), (1,), generator=g))]
+                    for i in imgs
+                ]
+            )
+            logits = scale * scorer(regions[imgs], words[caps], None, wmask[caps])
+            target = torch.arange(len(imgs))
+            loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+            losses.append(optimizer_step(opt, loss, type(scorer).__name__, epoch))
+        return float(np.mean(losses))
+
+    return fit_epochs(
+        scorer, opt, int(cfg.get("epochs", 2)), run_epoch, progress=False, desc="scorer"
+    )
 
 
 def _recalls(m: dict[str, float], t2i_only: bool = False) -> dict[str, float]:
@@ -456,12 +640,37 @@ def run_fusion_suite(
         rows.append(row)
         models[f] = m
         save()
+    # image-text matching with hard negatives
+    mcfg = dict(raw.get("matching") or {})
+    if mcfg.get("epochs", 1) and data["test"].extras.get("negatives"):
+        ctok = Tokenizer.build([c for caps in data["train"].captions for c in caps])
+        m_train = _matching_data(data["train"], train_tok, ctok, 0)
+        m_test = _matching_data(data["test"], test_tok, ctok, 1)
+        for f in mcfg.get("fusions") or fusions:
+            rows.append(
+                run_matching(
+                    f,
+                    dict((raw.get("args") or {}).get(f) or {}),
+                    m_train,
+                    m_test,
+                    len(ctok),
+                    mcfg,
+                    log,
+                )
+            )
+            save()
     # two-stage retrieval and compositional scores
     ret_rows, extra = run_retrieval(model, data, dict(raw.get("retrieval") or {}), log)
     rows += ret_rows
     save()
     vqa_rows = [r for r in rows if r["task"] == "vqa"]
-    board = _vqa_board(vqa_rows, majority) + "\n" + _retrieval_board(ret_rows)
+    match_rows = [r for r in rows if r["task"] == "matching"]
+    board = (
+        _vqa_board(vqa_rows, majority)
+        + "\n"
+        + (_matching_board(match_rows) + "\n" if match_rows else "")
+        + _retrieval_board(ret_rows)
+    )
     (out / "leaderboard.md").write_text(board)
     _plot_vqa(vqa_rows, out / "vqa.png")
     if "san" in models:
@@ -491,6 +700,20 @@ def _vqa_board(rows: list[dict[str, Any]], majority: float) -> str:
             f"| {r['name']} | {m['acc']:.3f} | {m['acc_color']:.3f} | {m['acc_count']:.3f} | {m['acc_exists']:.3f} | "
             f"{m['acc_no_image']:.3f} | {m['acc_noisy_image']:.3f} | {m['acc_no_question']:.3f} | {r['fusion_params']:,} | "
             f"{r['train_seconds']:.0f} | {r['latency_ms']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _matching_board(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "Image-text matching (test: each image with its caption, its minimal edit, another image's caption)\n",
+        "| fusion | match acc | true > hard negative | true > random caption | train s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: -r["metrics"]["hard_negative_acc"]):
+        m = r["metrics"]
+        lines.append(
+            f"| {r['name']} | {m['match_acc']:.3f} | {m['hard_negative_acc']:.3f} | {m['random_negative_acc']:.3f} | {r['train_seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
