@@ -67,7 +67,9 @@ def test_perturb_makes_word_level_hard_negatives():
     from alignfuse.bench.fusion import perturb
 
     rng = np.random.default_rng(0)
-    assert perturb("a red circle left of a blue square", rng) == "a blue circle left of a red square"
+    assert (
+        perturb("a red circle left of a blue square", rng) == "a blue circle left of a red square"
+    )
     assert perturb("a red circle left of a red square", rng) == "a red square left of a red circle"
     one = perturb("a red circle", rng)
     assert one != "a red circle" and one.endswith(" circle")
