@@ -38,6 +38,16 @@ class _Projected(Fusion):
         self.width, self.heads = width, heads
         self.proj = nn.ModuleDict({m: nn.Linear(d, width) for m, d in self.dims.items()})
 
+    def _two_roles(self, what: str, role: str, chosen: str | None, default: int) -> tuple[str, str]:
+        """For two-modality fusions: the modality playing ``role`` (default: the one at index
+        ``default``) and the other one."""
+        if len(self.dims) != 2:
+            raise ValueError(f"{what} fuses exactly two modalities, got {list(self.dims)}")
+        first = chosen or self.modalities[default]
+        if first not in self.dims:
+            raise ValueError(f"{role} must be one of {list(self.dims)}, got {first!r}")
+        return first, next(m for m in self.modalities if m != first)
+
     def _tokens(
         self, inputs: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -83,8 +93,7 @@ class CoAttentionFusion(_Projected):
         layers: int = 2,
     ) -> None:
         super().__init__(dims, out_dim, width, heads)
-        if len(self.dims) != 2:
-            raise ValueError(f"co_attention fuses exactly two modalities, got {list(self.dims)}")
+        self._two_roles("co_attention", "first", None, 0)
         self.layers = nn.ModuleList(_CoLayer(width, heads) for _ in range(layers))
         self.out = nn.Linear(2 * width, out_dim)
 
@@ -158,12 +167,7 @@ class GatedFusion(_Projected):
         primary: str | None = None,
     ) -> None:
         super().__init__(dims, out_dim, width, heads)
-        if len(self.dims) != 2:
-            raise ValueError(f"gated fusion fuses exactly two modalities, got {list(self.dims)}")
-        self.primary = primary or self.modalities[0]
-        if self.primary not in self.dims:
-            raise ValueError(f"primary must be one of {list(self.dims)}, got {self.primary!r}")
-        self.other = next(m for m in self.modalities if m != self.primary)
+        self.primary, self.other = self._two_roles("gated fusion", "primary", primary, 0)
         self.att = nn.MultiheadAttention(width, heads, batch_first=True)
         self.gate = nn.Linear(2 * width, width)
         self.out = nn.Linear(width, out_dim)
@@ -371,12 +375,7 @@ class FiLMFusion(_Projected):
         condition: str | None = None,
     ) -> None:
         super().__init__(dims, out_dim, width, heads)
-        if len(self.dims) != 2:
-            raise ValueError(f"FiLM fuses exactly two modalities, got {list(self.dims)}")
-        self.condition = condition or self.modalities[-1]
-        if self.condition not in self.dims:
-            raise ValueError(f"condition must be one of {list(self.dims)}, got {self.condition!r}")
-        self.target = next(m for m in self.modalities if m != self.condition)
+        self.condition, self.target = self._two_roles("FiLM", "condition", condition, -1)
         self.film = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, out_dim)
 
@@ -407,12 +406,7 @@ class StackedAttentionFusion(_Projected):
         query: str | None = None,
     ) -> None:
         super().__init__(dims, out_dim, width, heads)
-        if len(self.dims) != 2:
-            raise ValueError(f"SAN fuses exactly two modalities, got {list(self.dims)}")
-        self.query = query or self.modalities[-1]
-        if self.query not in self.dims:
-            raise ValueError(f"query must be one of {list(self.dims)}, got {self.query!r}")
-        self.context = next(m for m in self.modalities if m != self.query)
+        self.query, self.context = self._two_roles("SAN", "query", query, -1)
         self.w_i = nn.ModuleList(nn.Linear(width, width, bias=False) for _ in range(hops))
         self.w_q = nn.ModuleList(nn.Linear(width, width) for _ in range(hops))
         self.w_p = nn.ModuleList(nn.Linear(width, 1) for _ in range(hops))

@@ -26,3 +26,20 @@ def check_items(x: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.
     if not mask.any(1).all():
         raise ValueError(f"mask of {name} masks every token of some item")
     return mask
+
+
+def check_pair(
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    region_mask: torch.Tensor | None,
+    word_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the inputs of an all-pairs scorer; return ``words`` in the regions' dtype and
+    device, and both masks."""
+    rm = check_items(regions, region_mask, "regions")
+    wm = check_items(words, word_mask, "words")
+    if regions.shape[-1] != words.shape[-1]:
+        raise ValueError(
+            f"regions and words must share the feature size, got {regions.shape[-1]} and {words.shape[-1]}"
+        )
+    return words.to(regions), rm, wm

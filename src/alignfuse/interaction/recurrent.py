@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignfuse.interaction._common import check_items
+from alignfuse.interaction._common import check_pair
 from alignfuse.losses.token_wise import token_wise_similarity
 from alignfuse.registry import INTERACTIONS
 
@@ -80,13 +80,7 @@ class _Chunked(nn.Module):
         word_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Similarities ``(n_images, n_captions)``."""
-        rm = check_items(regions, region_mask, "regions")
-        wm = check_items(words, word_mask, "words")
-        if regions.shape[-1] != words.shape[-1]:
-            raise ValueError(
-                f"regions and words must share the feature size, got {regions.shape[-1]} and {words.shape[-1]}"
-            )
-        words = words.to(regions)
+        words, rm, wm = check_pair(regions, words, region_mask, word_mask)
         out = regions.new_zeros(regions.shape[0], words.shape[0])
         ci, cc = self.chunk_images, self.chunk_captions
         for a in range(0, regions.shape[0], ci):
@@ -252,14 +246,9 @@ class LateInteraction(nn.Module):
         region_mask: torch.Tensor | None = None,
         word_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        rm = check_items(regions, region_mask, "regions")
-        wm = check_items(words, word_mask, "words")
-        if regions.shape[-1] != words.shape[-1]:
-            raise ValueError(
-                f"regions and words must share the feature size, got {regions.shape[-1]} and {words.shape[-1]}"
-            )
+        words, rm, wm = check_pair(regions, words, region_mask, word_mask)
         sa, sb = token_wise_similarity(
-            F.normalize(regions, dim=-1), F.normalize(words.to(regions), dim=-1), rm, wm, self.chunk
+            F.normalize(regions, dim=-1), F.normalize(words, dim=-1), rm, wm, self.chunk
         )
         if self.direction == "i2t":
             return sa

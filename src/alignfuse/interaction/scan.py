@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignfuse.interaction._common import check_items
+from alignfuse.interaction._common import check_pair
 from alignfuse.registry import INTERACTIONS
 
 
@@ -110,13 +110,7 @@ class SCAN(nn.Module):
     ) -> torch.Tensor:
         """Similarities ``(n_images, n_captions)`` of regions ``(I, R, d)`` and words
         ``(C, W, d)``; masks (True = real token) for padded regions / words."""
-        rm = check_items(regions, region_mask, "regions")
-        wm = check_items(words, word_mask, "words")
-        if regions.shape[-1] != words.shape[-1]:
-            raise ValueError(
-                f"regions and words must share the feature size, got {regions.shape[-1]} and {words.shape[-1]}"
-            )
-        words = words.to(regions)
+        words, rm, wm = check_pair(regions, words, region_mask, word_mask)
         out = regions.new_empty(regions.shape[0], words.shape[0])
         for a in range(0, regions.shape[0], self.chunk_images):
             for b in range(0, words.shape[0], self.chunk_captions):
