@@ -182,7 +182,8 @@ class KernelFusion(Fusion):
         self.out = nn.Linear(n_anchors, out_dim)
 
     def kernel_weights(self) -> dict[str, float]:
-        w = torch.softmax(self.mix, 0)
+        """The learned weight of each modality's kernel (a distribution)."""
+        w = torch.softmax(self.mix.detach(), 0)
         return {m: float(w[i]) for i, m in enumerate(self.modalities)}
 
     def forward(
