@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 INF = np.inf
 
@@ -206,71 +207,197 @@ def backtrack(r, n, m, subsequence):  # type: ignore[no-untyped-def]
     return path[:k][::-1].copy()
 
 
-@njit(cache=True, nogil=True)
-def _soft_forward(d, n, m, gamma, r):  # type: ignore[no-untyped-def]
-    # anti-diagonal order: the cells of one diagonal are independent, so their exps overlap
-    r[:, :] = INF
-    r[0, 0] = 0.0
-    ig = 1.0 / gamma
-    for k in range(2, n + m + 1):
-        for i in range(max(1, k - m), min(n, k - 1) + 1):
-            j = k - i
-            a = r[i - 1, j - 1]
-            b = r[i - 1, j]
-            c = r[i, j - 1]
-            # soft minimum: min - gamma log(1 + exp of the two others' gaps)
-            if a <= b and a <= c:
-                mn = a
-                s = math.exp((a - b) * ig) + math.exp((a - c) * ig)
-            elif b <= c:
-                mn = b
-                s = math.exp((b - a) * ig) + math.exp((b - c) * ig)
-            else:
-                mn = c
-                s = math.exp((c - a) * ig) + math.exp((c - b) * ig)
-            r[i, j] = d[i - 1, j - 1] + mn - gamma * math.log(1.0 + s)
+# ---------------------------------------------------------------- soft-DTW
+#
+# Soft-DTW spends its time in exp and log (three exps and a log per cell forward, three exps
+# backward). Scalar libm calls serialise that work, so the kernels below run the recursion
+# for a block of pairs at once with the pair index innermost and contiguous, and use inlined
+# polynomial exp / log (accurate to a few ulp on the ranges used) that LLVM vectorises.
+# Layout: (chunks, n + 2, m + 2, P) with P pairs per chunk, costs 1-based like R.
+
+
+@intrinsic
+def _bits_to_f64(typingctx, x):  # type: ignore[no-untyped-def]
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return sig, codegen
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LN2 = 0.6931471805599453
+_SQRT2 = 1.4142135623730951
+
+
+@njit(cache=True, inline="always", fastmath={"contract"}, error_model="numpy")
+def exp_nonpos(x):  # type: ignore[no-untyped-def]
+    """exp(x) for x <= 0 (arguments are clamped to [-700, 0]): 2^k times a degree-13 Taylor
+    polynomial on |r| <= ln(2) / 2."""
+    x = min(max(x, -700.0), 0.0)
+    kf = math.floor(x * _LOG2E + 0.5)
+    r = (x - kf * _LN2_HI) - kf * _LN2_LO
+    p = 1.0 / 6227020800.0
+    p = 1.0 / 479001600.0 + r * p
+    p = 1.0 / 39916800.0 + r * p
+    p = 1.0 / 3628800.0 + r * p
+    p = 1.0 / 362880.0 + r * p
+    p = 1.0 / 40320.0 + r * p
+    p = 1.0 / 5040.0 + r * p
+    p = 1.0 / 720.0 + r * p
+    p = 1.0 / 120.0 + r * p
+    p = 1.0 / 24.0 + r * p
+    p = 1.0 / 6.0 + r * p
+    p = 0.5 + r * p
+    p = 1.0 + r * p
+    p = 1.0 + r * p
+    return p * _bits_to_f64((np.int64(kf) + 1023) << 52)  # type: ignore[call-arg]
+
+
+@njit(cache=True, inline="always", fastmath={"contract"}, error_model="numpy")
+def log_1_3(s):  # type: ignore[no-untyped-def]
+    """log(s) for s in [1, 3]: 2 atanh((t - 1) / (t + 1)) with t = s or s / 2."""
+    big = s > _SQRT2
+    t = s * 0.5 if big else s
+    z = (t - 1.0) / (t + 1.0)
+    z2 = z * z
+    p = 1.0 / 23.0
+    p = 1.0 / 21.0 + z2 * p
+    p = 1.0 / 19.0 + z2 * p
+    p = 1.0 / 17.0 + z2 * p
+    p = 1.0 / 15.0 + z2 * p
+    p = 1.0 / 13.0 + z2 * p
+    p = 1.0 / 11.0 + z2 * p
+    p = 1.0 / 9.0 + z2 * p
+    p = 1.0 / 7.0 + z2 * p
+    p = 1.0 / 5.0 + z2 * p
+    p = 1.0 / 3.0 + z2 * p
+    p = 1.0 + z2 * p
+    return 2.0 * z * p + (_LN2 if big else 0.0)
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _soft_row(r_up, r_i, d_i, m, gamma, ig):  # type: ignore[no-untyped-def]
+    npair = r_i.shape[1]
+    for j in range(1, m + 1):
+        for p in range(npair):
+            a = r_up[j - 1, p]
+            b = r_up[j, p]
+            c = r_i[j - 1, p]
+            mn = min(a, min(b, c))
+            s = exp_nonpos((mn - a) * ig) + exp_nonpos((mn - b) * ig) + exp_nonpos((mn - c) * ig)
+            r_i[j, p] = d_i[j, p] + mn - gamma * log_1_3(s)
 
 
 @njit(cache=True, parallel=True)
 def soft_forward(d, xl, yl, gamma):  # type: ignore[no-untyped-def]
-    """Soft-DTW values and the accumulated matrices ``(B, N+2, M+2)`` kept for backward."""
-    b, n, m = d.shape
-    r = np.empty((b, n + 2, m + 2))
-    out = np.empty(b)
-    for p in prange(b):
-        _soft_forward(d[p], xl[p], yl[p], gamma, r[p])
-        out[p] = r[p, xl[p], yl[p]]
+    """Soft-DTW of chunked padded costs ``d`` ``(C, n + 2, m + 2, P)`` (1-based); returns
+    the accumulated matrices (same layout) and the values ``(C, P)`` at each pair's lengths
+    ``xl``, ``yl`` ``(C, P)``."""
+    nc, n2, m2, npair = d.shape
+    n, m = n2 - 2, m2 - 2
+    r = np.empty_like(d)
+    out = np.empty((nc, npair))
+    ig = 1.0 / gamma
+    for c in prange(nc):
+        rc = r[c]
+        # every interior cell is written below: only the border needs setting
+        rc[0, :, :] = INF
+        rc[:, 0, :] = INF
+        rc[n + 1, :, :] = INF
+        rc[:, m + 1, :] = INF
+        rc[0, 0, :] = 0.0
+        for i in range(1, n + 1):
+            _soft_row(rc[i - 1], rc[i], d[c, i], m, gamma, ig)
+        for p in range(npair):
+            out[c, p] = rc[xl[c, p], yl[c, p], p]
     return out, r
 
 
-@njit(cache=True, nogil=True)
-def _soft_backward(d, r, n, m, gamma, e):  # type: ignore[no-untyped-def]
-    # Cuturi & Blondel (2017), Algorithm 2, on the valid n x m block
-    dp = np.zeros((n + 2, m + 2))
-    dp[1 : n + 1, 1 : m + 1] = d[:n, :m]
-    rr = r[: n + 2, : m + 2].copy()
-    rr[:, m + 1] = -INF
-    rr[n + 1, :] = -INF
-    rr[n + 1, m + 1] = rr[n, m]
-    ee = np.zeros((n + 2, m + 2))
-    ee[n + 1, m + 1] = 1.0
-    ig = 1.0 / gamma
-    for i in range(n, 0, -1):
-        for j in range(m, 0, -1):
-            rij = rr[i, j]
-            a = math.exp((rr[i + 1, j] - rij - dp[i + 1, j]) * ig)
-            b = math.exp((rr[i, j + 1] - rij - dp[i, j + 1]) * ig)
-            c = math.exp((rr[i + 1, j + 1] - rij - dp[i + 1, j + 1]) * ig)
-            ee[i, j] = ee[i + 1, j] * a + ee[i, j + 1] * b + ee[i + 1, j + 1] * c
-    e[:, :] = 0.0
-    e[:n, :m] = ee[1 : n + 1, 1 : m + 1]
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _soft_back_row(e_i, e_dn, r_i, r_dn, d_i, d_dn, xl, yl, i, m, ig, wa, wb, wc):  # type: ignore[no-untyped-def]
+    npair = e_i.shape[1]
+    for j in range(m, 0, -1):
+        # the transition weights do not depend on E: one vectorised pass of exps ...
+        for p in range(npair):
+            rij = r_i[j, p]
+            wa[p] = exp_nonpos((r_dn[j, p] - rij - d_dn[j, p]) * ig)
+            wb[p] = exp_nonpos((r_i[j + 1, p] - rij - d_i[j + 1, p]) * ig)
+            wc[p] = exp_nonpos((r_dn[j + 1, p] - rij - d_dn[j + 1, p]) * ig)
+        # ... then the recursion, multiply-adds only
+        for p in range(npair):
+            v = e_dn[j, p] * wa[p] + e_i[j + 1, p] * wb[p] + e_dn[j + 1, p] * wc[p]
+            n_p = xl[p]
+            m_p = yl[p]
+            v = 1.0 if (i == n_p and j == m_p) else v
+            v = 0.0 if (i > n_p or j > m_p) else v
+            e_i[j, p] = v
 
 
 @njit(cache=True, parallel=True)
 def soft_backward(d, r, xl, yl, gamma):  # type: ignore[no-untyped-def]
-    """Expected alignment matrices ``(B, N, M)`` (the gradient of soft-DTW w.r.t. ``d``)."""
-    b, n, m = d.shape
-    e = np.empty((b, n, m))
-    for p in prange(b):
-        _soft_backward(d[p], r[p], xl[p], yl[p], gamma, e[p])
+    """Expected alignment matrices (Cuturi & Blondel 2017, Algorithm 2) in the chunked layout
+    ``(C, n + 2, m + 2, P)``; the recursion starts at each pair's own lengths, and cells past
+    them are zero."""
+    nc, n2, m2, npair = d.shape
+    n, m = n2 - 2, m2 - 2
+    e = np.empty_like(d)
+    ig = 1.0 / gamma
+    for c in prange(nc):
+        ec = e[c]
+        ec[n + 1, :, :] = 0.0
+        ec[:, m + 1, :] = 0.0
+        wa, wb, wc = np.empty(npair), np.empty(npair), np.empty(npair)
+        for i in range(n, 0, -1):
+            _soft_back_row(
+                ec[i],
+                ec[i + 1],
+                r[c, i],
+                r[c, i + 1],
+                d[c, i],
+                d[c, i + 1],
+                xl[c],
+                yl[c],
+                i,
+                m,
+                ig,
+                wa,
+                wb,
+                wc,
+            )
     return e
+
+
+@njit(cache=True, parallel=True)
+def to_chunks(cost, per):  # type: ignore[no-untyped-def]
+    """Costs ``(B, n, m)`` to the chunked 1-based layout ``(C, n + 2, m + 2, per)`` (zeros
+    around, and for the padding pairs)."""
+    b, n, m = cost.shape
+    nc = (b + per - 1) // per
+    d = np.zeros((nc, n + 2, m + 2, per))
+    for c in prange(nc):
+        for q in range(per):
+            p = c * per + q
+            if p < b:
+                for i in range(n):
+                    for j in range(m):
+                        d[c, i + 1, j + 1, q] = cost[p, i, j]
+    return d
+
+
+@njit(cache=True, parallel=True)
+def from_chunks(e, scale, out):  # type: ignore[no-untyped-def]
+    """The inverse of :func:`to_chunks` into ``out`` ``(B, n, m)`` (any float dtype), each
+    pair scaled by ``scale[p]``."""
+    per = e.shape[3]
+    b, n, m = out.shape
+    for p in prange(b):
+        c, q = p // per, p % per
+        g = scale[p]
+        for i in range(n):
+            for j in range(m):
+                out[p, i, j] = e[c, i + 1, j + 1, q] * g
+    return out

@@ -25,13 +25,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
+import numpy as np
 import torch
 from torch import nn
 
 from alignfuse.temporal import _kernels as K
 from alignfuse.temporal._input import as_batch, check_gamma, pair_up
 from alignfuse.temporal._wavefront import wavefront
-from alignfuse.temporal.dtw import Metric, _check_backend, _np, pairwise_cost
+from alignfuse.temporal.dtw import Metric, _check_backend, pairwise_cost
+
+
+def _chunking(b: int) -> tuple[int, int]:
+    """Chunks and pairs per chunk: one chunk per thread, pairs rounded up to a multiple of 8
+    (an AVX-512 vector of doubles)."""
+    threads = max(1, min(numba.get_num_threads(), b))
+    per = -(-b // threads)
+    per = -(-per // 8) * 8
+    return -(-b // per), per
 
 
 class _SoftDTWFunction(torch.autograd.Function):
@@ -41,18 +52,30 @@ class _SoftDTWFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, cost: torch.Tensor, xl: torch.Tensor, yl: torch.Tensor, gamma: float
     ) -> torch.Tensor:
-        c = _np(cost)
-        xn, yn = xl.numpy(), yl.numpy()
-        values, r = K.soft_forward(c, xn, yn, gamma)
-        ctx.save_for_backward(cost)
-        ctx.r, ctx.lens, ctx.gamma = r, (xn, yn), gamma
-        return torch.from_numpy(values).to(cost)
+        b, n, m = cost.shape
+        nc, per = _chunking(b)
+        pad = nc * per
+        # costs in the chunked, 1-based layout (C, n + 2, m + 2, P); padding pairs are zeros
+        d = K.to_chunks(np.ascontiguousarray(cost.detach().cpu().numpy()), per)
+        flat_x = np.full(pad, n, dtype=np.int64)
+        flat_y = np.full(pad, m, dtype=np.int64)
+        flat_x[:b], flat_y[:b] = xl.numpy(), yl.numpy()
+        lx, ly = flat_x.reshape(nc, per), flat_y.reshape(nc, per)
+        values, r = K.soft_forward(d, lx, ly, gamma)
+        ctx.state = (d, r, lx, ly, gamma, b)
+        ctx.device, ctx.dtype = cost.device, cost.dtype
+        return torch.from_numpy(values.reshape(-1)[:b]).to(cost)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        (cost,) = ctx.saved_tensors
-        e = K.soft_backward(_np(cost), ctx.r, ctx.lens[0], ctx.lens[1], ctx.gamma)
-        ge = torch.from_numpy(e).to(cost) * grad.to(cost)[:, None, None]
+        d, r, lx, ly, gamma, b = ctx.state
+        e = K.soft_backward(d, r, lx, ly, gamma)
+        out = np.empty(
+            (b, e.shape[1] - 2, e.shape[2] - 2),
+            dtype=d.dtype if ctx.dtype == torch.float64 else np.float32,
+        )
+        K.from_chunks(e, np.ascontiguousarray(grad.detach().cpu().double().numpy()), out)
+        ge = torch.from_numpy(out).to(device=ctx.device, dtype=ctx.dtype)
         return ge, None, None, None
 
 
