@@ -63,6 +63,31 @@ def test_variable_lengths_equal_per_pair_values():
     assert float(a[1, 7:].abs().sum()) == 0.0 and float(a[2, :, 3:].abs().sum()) == 0.0
 
 
+def test_padding_values_do_not_matter():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
+    xl, yl = torch.tensor([5, 9]), torch.tensor([7, 4])
+    ref = soft_dtw(x, y, gamma=0.3, x_lengths=xl, y_lengths=yl)
+    (gref,) = torch.autograd.grad(ref.sum(), x)
+    x2 = x.detach().clone()
+    x2[0, 5:] = float("nan")
+    y2 = y.clone()
+    y2[1, 4:] = float("inf")
+    x2.requires_grad_(True)
+    for backend in ("numba", "torch"):
+        out = soft_dtw(x2, y2, gamma=0.3, x_lengths=xl, y_lengths=yl, backend=backend)
+        torch.testing.assert_close(out, ref.detach())
+        (gx,) = torch.autograd.grad(out.sum(), x2)
+        torch.testing.assert_close(gx[0, :5], gref[0, :5])
+        assert float(gx[0, 5:].abs().sum()) == 0.0
+    for metric in ("cityblock",):
+        torch.testing.assert_close(
+            soft_dtw(x2, y2, gamma=0.3, x_lengths=xl, y_lengths=yl, metric=metric),
+            soft_dtw(x, y, gamma=0.3, x_lengths=xl, y_lengths=yl, metric=metric).detach(),
+        )
+
+
 def test_tends_to_dtw_as_gamma_vanishes():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(15, 2)), rng.normal(size=(18, 2))

@@ -45,6 +45,16 @@ def _chunking(b: int) -> tuple[int, int]:
     return -(-b // per), per
 
 
+def _lengths(
+    b: int, n: int, m: int, xl: torch.Tensor, yl: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    nc, per = _chunking(b)
+    flat_x = np.full(nc * per, n, dtype=np.int64)
+    flat_y = np.full(nc * per, m, dtype=np.int64)
+    flat_x[:b], flat_y[:b] = xl.numpy(), yl.numpy()
+    return flat_x.reshape(nc, per), flat_y.reshape(nc, per), nc, per
+
+
 class _SoftDTWFunction(torch.autograd.Function):
     """Values ``(B,)`` of soft-DTW over cost matrices ``(B, n, m)``; numba forward/backward."""
 
@@ -53,14 +63,9 @@ class _SoftDTWFunction(torch.autograd.Function):
         ctx: Any, cost: torch.Tensor, xl: torch.Tensor, yl: torch.Tensor, gamma: float
     ) -> torch.Tensor:
         b, n, m = cost.shape
-        nc, per = _chunking(b)
-        pad = nc * per
+        lx, ly, _, per = _lengths(b, n, m, xl, yl)
         # costs in the chunked, 1-based layout (C, n + 2, m + 2, P); padding pairs are zeros
         d = K.to_chunks(np.ascontiguousarray(cost.detach().cpu().numpy()), per)
-        flat_x = np.full(pad, n, dtype=np.int64)
-        flat_y = np.full(pad, m, dtype=np.int64)
-        flat_x[:b], flat_y[:b] = xl.numpy(), yl.numpy()
-        lx, ly = flat_x.reshape(nc, per), flat_y.reshape(nc, per)
         values, r = K.soft_forward(d, lx, ly, gamma)
         ctx.state = (d, r, lx, ly, gamma, b)
         ctx.device, ctx.dtype = cost.device, cost.dtype
@@ -77,6 +82,29 @@ class _SoftDTWFunction(torch.autograd.Function):
         K.from_chunks(e, np.ascontiguousarray(grad.detach().cpu().double().numpy()), out)
         ge = torch.from_numpy(out).to(device=ctx.device, dtype=ctx.dtype)
         return ge, None, None, None
+
+
+def _zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    if bool((lengths == x.shape[1]).all()):
+        return x
+    valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+    return x.masked_fill(~valid[..., None], 0.0)
+
+
+def _soft_pair_values(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    xl: torch.Tensor,
+    yl: torch.Tensor,
+    gamma: float,
+    how: str,
+    metric: Metric,
+) -> torch.Tensor:
+    """Soft-DTW of paired series (padding zeroed first)."""
+    # padding may hold anything (NaN included): zero it so no weight near a border is NaN
+    x = _zero_padding(x, xl)
+    y = _zero_padding(y, yl)
+    return _soft_values(pairwise_cost(x, y, metric), xl, yl, gamma, how)
 
 
 def _soft_values(
@@ -132,7 +160,7 @@ def soft_dtw(
     xv, yv, xl, yl, single, g, how = _prepare(
         x, y, gamma, x_lengths, y_lengths, x_mask, y_mask, backend
     )
-    out = _soft_values(pairwise_cost(xv, yv, metric), xl, yl, g, how)
+    out = _soft_pair_values(xv, yv, xl, yl, g, how, metric)
     return out[0] if single else out
 
 
@@ -182,9 +210,9 @@ def soft_dtw_divergence(
     xv, yv, xl, yl, single, g, how = _prepare(
         x, y, gamma, x_lengths, y_lengths, None, None, backend
     )
-    xy = _soft_values(pairwise_cost(xv, yv, metric), xl, yl, g, how)
-    xx = _soft_values(pairwise_cost(xv, xv, metric), xl, xl, g, how)
-    yy = _soft_values(pairwise_cost(yv, yv, metric), yl, yl, g, how)
+    xy = _soft_pair_values(xv, yv, xl, yl, g, how, metric)
+    xx = _soft_pair_values(xv, xv, xl, xl, g, how, metric)
+    yy = _soft_pair_values(yv, yv, yl, yl, g, how, metric)
     out = xy - (xx + yy) / 2
     return out[0] if single else out
 
