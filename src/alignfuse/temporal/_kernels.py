@@ -338,13 +338,12 @@ def _soft_back_row(e_i, e_dn, r_i, r_dn, d_i, d_dn, xl, yl, i, m, ig, wa, wb, wc
 
 
 @njit(cache=True, parallel=True)
-def soft_backward(d, r, xl, yl, gamma):  # type: ignore[no-untyped-def]
+def soft_backward(d, r, xl, yl, gamma, e):  # type: ignore[no-untyped-def]
     """Expected alignment matrices (Cuturi & Blondel 2017, Algorithm 2) in the chunked layout
     ``(C, n + 2, m + 2, P)``; the recursion starts at each pair's own lengths, and cells past
-    them are zero."""
+    them are zero. ``e`` (same shape as ``d``, any content) receives the result."""
     nc, n2, m2, npair = d.shape
     n, m = n2 - 2, m2 - 2
-    e = np.empty_like(d)
     ig = 1.0 / gamma
     for c in prange(nc):
         ec = e[c]
