@@ -7,35 +7,25 @@ import os
 import platform
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from alignfuse._io import write_text_atomic
+from alignfuse.bench.report import pyplot
+from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
 from alignfuse.correlation import SCM
 from alignfuse.correlation.evaluate import evaluate_two_view
 from alignfuse.correlation.methods import make_estimator
-from alignfuse.errors import ConfigError
-from alignfuse.registry import DATASETS, suggest
+from alignfuse.registry import DATASETS
 
 KEYS = {"name", "kind", "description", "data", "components", "methods"}
 
 
 def is_correlation_suite(name_or_path: str) -> bool:
     """Whether a suite (built-in name or YAML path) is of kind ``correlation``."""
-    raw = _read(name_or_path)
-    return isinstance(raw, dict) and raw.get("kind") == "correlation"
-
-
-def _read(name_or_path: str) -> Any:
-    p = Path(name_or_path)
-    if p.is_file():
-        return yaml.safe_load(p.read_text())
-    f = resources.files("alignfuse.bench") / "suites" / f"{name_or_path}.yaml"
-    return yaml.safe_load(f.read_text()) if f.is_file() else None
+    return suite_kind(name_or_path) == "correlation"
 
 
 def run_correlation_suite(
@@ -43,10 +33,8 @@ def run_correlation_suite(
 ) -> list[dict[str, Any]]:
     """Fit and evaluate every method of the suite; write results, leaderboard and report."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    raw = _read(name_or_path)
-    for key in raw:
-        if key not in KEYS:
-            raise ConfigError(f"unknown suite key {key!r}{suggest(key, sorted(KEYS))}")
+    raw = read_suite_file(name_or_path)
+    check_keys(raw, KEYS, "suite")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_cfg = raw.get("data") or {}
@@ -122,10 +110,7 @@ def _leaderboard(rows: list[dict[str, Any]]) -> str:
 
 
 def _plot(curves: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, c in curves.items():

@@ -24,6 +24,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,17 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.correlation import _read
+from alignfuse.bench.report import pyplot
+from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
 from alignfuse.config import ExperimentConfig, from_dict
 from alignfuse.data.shapes import load_shapes
 from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.engine.evaluate import images_to_tensor
 from alignfuse.engine.loop import fit_epochs, optimizer_step
-from alignfuse.errors import ConfigError
+from alignfuse.interaction.recurrent import attention_weights
 from alignfuse.metrics.compositional import hard_negative_accuracy, winoground_scores
 from alignfuse.metrics.retrieval import retrieval_metrics
-from alignfuse.registry import FUSION, INTERACTIONS, suggest
+from alignfuse.registry import FUSION, INTERACTIONS
 
 KEYS = {
     "name",
@@ -61,8 +63,7 @@ KEYS = {
 
 def is_fusion_suite(name_or_path: str) -> bool:
     """Whether a suite (built-in name or YAML path) is of kind ``fusion``."""
-    raw = _read(name_or_path)
-    return isinstance(raw, dict) and raw.get("kind") == "fusion"
+    return suite_kind(name_or_path) == "fusion"
 
 
 class QuestionEncoder(nn.Module):
@@ -430,7 +431,8 @@ def run_retrieval(
     sims = img_glob @ txt_glob.T
     dual_ms = (time.perf_counter() - t0) / sims.shape[1] * 1000
     base = retrieval_metrics(sims, torch.as_tensor(owner))
-    comp = _compositional(None, model, data)
+    probe = _probe(model, data)
+    comp = _compositional(None, probe)
     rows.append(
         {
             "task": "retrieval",
@@ -473,7 +475,7 @@ def run_retrieval(
                 reranked[cand, c] = 10.0 + s  # re-ranked candidates stay above the rest
         ms = (time.perf_counter() - t0) / sims.shape[1] * 1000 + dual_ms
         m = retrieval_metrics(reranked, torch.as_tensor(owner))
-        comp = _compositional(scorer, model, data)
+        comp = _compositional(scorer, probe)
         rows.append(
             {
                 "task": "retrieval",
@@ -541,47 +543,71 @@ def _pair_scores(scorer: Any, v: torch.Tensor, w: torch.Tensor, wm: torch.Tensor
     )
 
 
-def _compositional(scorer: Any, model: Any, data: Any) -> dict[str, float]:
+@dataclass
+class _Probe:
+    """Everything the compositional scores need, embedded once for every scorer: test images
+    with their true caption and its minimal edit, and the Winoground groups; each as global
+    vectors (dual encoder) and as projected tokens (interaction scorers)."""
+
+    glob: dict[str, torch.Tensor]
+    tokens: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+    groups: int
+
+
+@torch.no_grad()
+def _probe(model: Any, data: Any) -> _Probe:
+    test = data["test"]
+    images: dict[str, np.ndarray] = {}
+    texts: dict[str, list[str]] = {}
+    negs = test.extras.get("negatives")
+    if negs:
+        images["neg_img"] = test.images
+        texts["pos"] = [test.captions[i][n["positive"]] for i, n in enumerate(negs)]
+        texts["neg"] = [n["caption"] for n in negs]
+    wino = getattr(data, "winoground", None)
+    groups = 0
+    if wino is not None and len(wino):
+        groups = len(wino)
+        images["wino_img"] = wino.images.reshape(-1, *wino.images.shape[2:])
+        texts["wino_txt"] = [c for pair in wino.captions for c in pair]
+    glob = {k: model.encode_image(images_to_tensor(v)) for k, v in images.items()}
+    glob.update({k: model.encode_text(model.prepare_text(v)) for k, v in texts.items()})
+    tokens: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {
+        k: (model.image_proj(_image_tokens(model, v)), None) for k, v in images.items()
+    }
+    tokens.update({k: _text_tokens(model, v) for k, v in texts.items()})
+    return _Probe(glob, tokens, groups)
+
+
+@torch.no_grad()
+def _compositional(scorer: Any, probe: _Probe) -> dict[str, float]:
     """Hard-negative accuracy (the true caption against its minimal edit) and Winoground
     scores, by the global dual encoder (``scorer=None``) or an interaction scorer on tokens."""
-    test = data["test"]
     out: dict[str, float] = {}
-    negs = test.extras.get("negatives")
-    with torch.no_grad():
-        if negs:
-            pos_text = [test.captions[i][n["positive"]] for i, n in enumerate(negs)]
-            neg_text = [n["caption"] for n in negs]
-            if scorer is None:
-                img = model.encode_image(images_to_tensor(test.images))
-                p = (img * model.encode_text(model.prepare_text(pos_text))).sum(-1)
-                n = (img * model.encode_text(model.prepare_text(neg_text))).sum(-1)
-            else:
-                regions = model.image_proj(_image_tokens(model, test.images))
-                p = _pair_scores(scorer, regions, *_text_tokens(model, pos_text))
-                n = _pair_scores(scorer, regions, *_text_tokens(model, neg_text))
-            out.update(hard_negative_accuracy(p.numpy(), n.numpy()))
-        wino = getattr(data, "winoground", None)
-        if wino is not None and len(wino):
-            g = len(wino)
-            imgs = wino.images.reshape(-1, *wino.images.shape[2:])
-            caps = [c for pair in wino.captions for c in pair]
+    if "pos" in probe.glob:
+        if scorer is None:
+            img = probe.glob["neg_img"]
+            p = (img * probe.glob["pos"]).sum(-1)
+            n = (img * probe.glob["neg"]).sum(-1)
+        else:
+            regions = probe.tokens["neg_img"][0]
+            p = _pair_scores(scorer, regions, *probe.tokens["pos"])  # type: ignore[arg-type]
+            n = _pair_scores(scorer, regions, *probe.tokens["neg"])  # type: ignore[arg-type]
+        out.update(hard_negative_accuracy(p.numpy(), n.numpy()))
+    g = probe.groups
+    if g:
+        if scorer is None:
+            vi = probe.glob["wino_img"].reshape(g, 2, -1)
+            vt = probe.glob["wino_txt"].reshape(g, 2, -1)
+            grid = torch.einsum("gcd,gid->gci", vt, vi)
+        else:
+            regions = probe.tokens["wino_img"][0]
+            words, wm = probe.tokens["wino_txt"]
             grid = torch.zeros(g, 2, 2)
-            if scorer is None:
-                vi = model.encode_image(images_to_tensor(imgs)).reshape(g, 2, -1)
-                vt = model.encode_text(model.prepare_text(caps)).reshape(g, 2, -1)
-                grid = torch.einsum("gcd,gid->gci", vt, vi)
-            else:
-                regions = model.image_proj(_image_tokens(model, imgs))
-                words, wm = _text_tokens(model, caps)
-                for gi in range(g):
-                    s = scorer(
-                        regions[2 * gi : 2 * gi + 2],
-                        words[2 * gi : 2 * gi + 2],
-                        None,
-                        wm[2 * gi : 2 * gi + 2],
-                    )
-                    grid[gi] = s.T  # grid[g, caption, image]
-            out.update(winoground_scores(grid.numpy()))
+            for gi in range(g):
+                pair = slice(2 * gi, 2 * gi + 2)
+                grid[gi] = scorer(regions[pair], words[pair], None, wm[pair]).T  # type: ignore[index]
+        out.update(winoground_scores(grid.numpy()))
     return out
 
 
@@ -590,10 +616,8 @@ def run_fusion_suite(
 ) -> list[dict[str, Any]]:
     """Run the fusion suite; write results.jsonl, leaderboard.md, report.md and plots."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    raw = _read(name_or_path)
-    for key in raw:
-        if key not in KEYS:
-            raise ConfigError(f"unknown suite key {key!r}{suggest(key, sorted(KEYS))}")
+    raw = read_suite_file(name_or_path)
+    check_keys(raw, KEYS, "suite")
     fusions = list(raw.get("fusions") or FUSION.names())
     for f in fusions:
         FUSION.get(f)  # unknown names fail here, with a suggestion
@@ -746,17 +770,8 @@ def _retrieval_board(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_vqa(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     rows = sorted(rows, key=lambda r: -r["metrics"]["acc"])
     names = [r["name"] for r in rows]
     x = np.arange(len(names))
@@ -797,7 +812,7 @@ def _overlay(ax: Any, image: np.ndarray, weights: np.ndarray, title: str) -> Non
 
 @torch.no_grad()
 def _plot_san(model: VQAModel, split: Any, test: dict[str, Any], path: Path, n: int = 4) -> None:
-    plt = _plt()
+    plt = pyplot()
     model.eval()
     idx = list(range(n))
     logits = model(test["images"][test["owner"][idx]], test["ids"][idx], test["lengths"][idx])
@@ -822,13 +837,18 @@ def _plot_san(model: VQAModel, split: Any, test: dict[str, Any], path: Path, n: 
 @torch.no_grad()
 def _plot_scan_words(extra: dict[str, Any], split: Any, path: Path) -> None:
     """SCAN t2i attention of each word of the first test caption over its image's regions."""
-    plt = _plt()
+    plt = pyplot()
     regions, words, wmask, texts = extra["regions"], extra["words"], extra["wmask"], extra["texts"]
     n_words = int(wmask[0].sum())
     # SCAN t2i: clipped cosines normalised over the words, softmax over the regions
-    s = F.normalize(words[0, :n_words], dim=-1) @ F.normalize(regions[0], dim=-1).T
-    sp = s.clamp_min(0)
-    alpha = torch.softmax(9.0 * sp / (sp.norm(dim=0, keepdim=True) + 1e-8), dim=1)
+    q = words[:1, :n_words]
+    alpha = attention_weights(
+        q,
+        regions[:1],
+        torch.ones(1, n_words, dtype=torch.bool),
+        torch.ones(1, regions.shape[1], dtype=torch.bool),
+        9.0,
+    )[0, 0]  # (words, regions)
     cols = min(n_words, 8)
     fig, axes = plt.subplots(1, cols + 1, figsize=(1.8 * (cols + 1), 2.2))
     axes[0].imshow(split.images[0])

@@ -30,6 +30,16 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (benchmarks run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _fmt(value: Any, kind: str) -> str:
     if value is None:
         return "-"
@@ -64,10 +74,7 @@ def write_leaderboard(rows: list[dict[str, Any]], path: Path) -> str:
 
 
 def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for r in rows:
@@ -91,10 +98,7 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _plot_recall(rows: list[dict[str, Any]], path: Path, ceiling: dict[str, float] | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ok = [r for r in rows if r.get("status") == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
@@ -117,10 +121,7 @@ def _plot_recall(rows: list[dict[str, Any]], path: Path, ceiling: dict[str, floa
 
 
 def _plot_grid(data: ImageTextData, sims: torch.Tensor, name: str, path: Path, n: int = 8) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     split = data["test"]
     texts, owner = split.flat_captions()

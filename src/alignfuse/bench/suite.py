@@ -69,9 +69,7 @@ def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
     raw = yaml.safe_load(text)
     if not isinstance(raw, dict):
         raise ConfigError(f"suite {name_or_path!r} must be a mapping")
-    for key in raw:
-        if key not in SUITE_KEYS:
-            raise ConfigError(f"unknown suite key {key!r}{suggest(key, sorted(SUITE_KEYS))}")
+    check_keys(raw, SUITE_KEYS, "suite")
     base = raw.get("base") or {}
     experiments = []
     for i, exp in enumerate(raw.get("experiments") or []):
@@ -89,3 +87,25 @@ def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
     return Suite(
         str(raw.get("name", path.stem)), str(raw.get("description", "")).strip(), experiments
     )
+
+
+def read_suite_file(name_or_path: str) -> Any:
+    """The parsed YAML of a suite (a file path or a built-in name), or ``None`` if neither."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return yaml.safe_load(p.read_text())
+    f = resources.files("alignfuse.bench") / "suites" / f"{name_or_path}.yaml"
+    return yaml.safe_load(f.read_text()) if f.is_file() else None
+
+
+def suite_kind(name_or_path: str) -> str | None:
+    """The ``kind`` key of a suite (``correlation``, ``temporal``, ``fusion``), if any."""
+    raw = read_suite_file(name_or_path)
+    return raw.get("kind") if isinstance(raw, dict) else None
+
+
+def check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
+    """Reject an unknown key of a suite section, naming the closest valid one."""
+    for key in section:
+        if key not in allowed:
+            raise ConfigError(f"unknown {where} key {key!r}{suggest(key, sorted(allowed))}")

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.correlation import _read
+from alignfuse.bench.report import pyplot
+from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
 from alignfuse.data.spoken import SpokenData, Utterance, load_spoken
 from alignfuse.errors import ConfigError
 from alignfuse.registry import suggest
@@ -43,14 +44,7 @@ TASKS = ("voice_to_voice", "text_to_speech")
 
 def is_temporal_suite(name_or_path: str) -> bool:
     """Whether a suite (built-in name or YAML path) is of kind ``temporal``."""
-    raw = _read(name_or_path)
-    return isinstance(raw, dict) and raw.get("kind") == "temporal"
-
-
-def _check_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
-    for key in d:
-        if key not in allowed:
-            raise ConfigError(f"unknown {where} key {key!r}{suggest(key, sorted(allowed))}")
+    return suite_kind(name_or_path) == "temporal"
 
 
 def normalised(feats: torch.Tensor) -> torch.Tensor:
@@ -129,19 +123,19 @@ def run_temporal_suite(
 ) -> list[dict[str, Any]]:
     """Run every task and method of a temporal suite; write results, leaderboard and report."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    raw = _read(name_or_path)
-    _check_keys(raw, KEYS, "suite")
+    raw = read_suite_file(name_or_path)
+    check_keys(raw, KEYS, "suite")
     speech = raw.get("speech") or {}
-    _check_keys(speech, SPEECH_KEYS, "speech")
+    check_keys(speech, SPEECH_KEYS, "speech")
     methods = speech.get("methods") or []
     for m in methods:
-        _check_keys(m, METHOD_KEYS, "method")
+        check_keys(m, METHOD_KEYS, "method")
         if m["method"] not in METHODS:
             raise ConfigError(
                 f"unknown temporal method {m['method']!r}{suggest(m['method'], list(METHODS))}"
             )
     clips_cfg = raw.get("clips") or {}
-    _check_keys(clips_cfg, CLIPS_KEYS, "clips")
+    check_keys(clips_cfg, CLIPS_KEYS, "clips")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hop = float(speech.get("hop_ms", 10.0))
@@ -258,7 +252,7 @@ def _clip_leaderboard(rows: list[dict[str, Any]]) -> str:
 
 
 def _plot_timelines(clips: list[Any], examples: dict[str, list[np.ndarray]], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     names = ["truth", *examples]
     fig, axes = plt.subplots(
         len(clips), 1, figsize=(9, 1.0 + 0.32 * len(names) * len(clips)), squeeze=False
@@ -285,19 +279,10 @@ def _plot_timelines(clips: list[Any], examples: dict[str, list[np.ndarray]], pat
     plt.close(fig)
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_path(
     src: Utterance, dst: Utterance, example: dict[str, Any], hop: float, path: Path
 ) -> None:
-    plt = _plt()
+    plt = pyplot()
     fs = normalised(src.features("mfcc", hop_ms=hop).double())
     fd = normalised(dst.features("mfcc", hop_ms=hop).double())
     cost = torch.cdist(fs, fd).numpy()
@@ -328,7 +313,7 @@ def _plot_path(
 
 
 def _plot_boundaries(dst: Utterance, example: dict[str, Any], sentence: str, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     spec = dst.features("logmel").numpy().T
     fig, ax = plt.subplots(figsize=(10, 3.5))
     ax.imshow(
@@ -358,7 +343,7 @@ def _plot_boundaries(dst: Utterance, example: dict[str, Any], sentence: str, pat
 
 
 def _plot_errors(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     names = list(dict.fromkeys(r["name"] for r in rows))
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / len(TASKS)

@@ -22,8 +22,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.interaction._common import check_pair
+from alignfuse.interaction.scan import _clip_norm
 from alignfuse.losses.token_wise import token_wise_similarity
 from alignfuse.registry import INTERACTIONS
+
+
+def attention_weights(
+    q: torch.Tensor,
+    c: torch.Tensor,
+    qm: torch.Tensor,
+    cm: torch.Tensor,
+    lam: float,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """SCAN attention weights of every query token of every pair over the context tokens:
+    ``q`` (A, B, Q, d) per pair (or (A, Q, d), broadcast over B), ``c`` (B, K, d); returns
+    (A, B, Q, K), each row a softmax over the real context tokens."""
+    if q.ndim == 3:
+        q = q[:, None].expand(-1, c.shape[0], -1, -1)
+    s = torch.einsum("abqd,bkd->abqk", F.normalize(q, dim=-1), F.normalize(c, dim=-1))
+    valid = (qm[:, None, :, None] & cm[None, :, None, :]).to(s.dtype)
+    sn = _clip_norm(s, 2, 0.0, valid, eps)  # normalised over the query tokens
+    return torch.softmax((lam * sn).masked_fill(~cm[None, :, None, :], float("-inf")), dim=-1)
 
 
 def attend(
@@ -34,17 +54,9 @@ def attend(
     lam: float,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """SCAN attention of every query token of every pair: ``q`` (A, B, Q, d) per pair (or
-    (A, Q, d), broadcast over B), ``c`` (B, K, d); returns attended vectors (A, B, Q, d)."""
-    if q.ndim == 3:
-        q = q[:, None].expand(-1, c.shape[0], -1, -1)
-    qn, cn = F.normalize(q, dim=-1), F.normalize(c, dim=-1)
-    s = torch.einsum("abqd,bkd->abqk", qn, cn)
-    valid = qm[:, None, :, None] & cm[None, :, None, :]
-    sp = s.clamp_min(0) * valid
-    sn = sp / (torch.linalg.vector_norm(sp, dim=2, keepdim=True) + eps)  # over the query tokens
-    alpha = torch.softmax((lam * sn).masked_fill(~cm[None, :, None, :], float("-inf")), dim=-1)
-    return torch.einsum("abqk,bkd->abqd", alpha, c)
+    """The attended context vector of every query token of every pair (A, B, Q, d); see
+    :func:`attention_weights`."""
+    return torch.einsum("abqk,bkd->abqd", attention_weights(q, c, qm, cm, lam, eps), c)
 
 
 def _round_score(q: torch.Tensor, ctx: torch.Tensor, qm: torch.Tensor) -> torch.Tensor:
