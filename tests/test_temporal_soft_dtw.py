@@ -159,3 +159,25 @@ def test_loss_module_reductions_and_training_step():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_inlined_exp_and_log_match_numpy():
+    from numba import njit
+
+    from alignfuse.temporal._kernels import exp_nonpos, log_1_3
+
+    @njit
+    def both(x, s):
+        a = np.empty_like(x)
+        b = np.empty_like(s)
+        for i in range(x.size):
+            a[i] = exp_nonpos(x[i])
+            b[i] = log_1_3(s[i])
+        return a, b
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([-rng.random(100_000) * 700, [0.0, -1e-300, -0.3466, -699.9]])
+    s = np.concatenate([1 + 2 * rng.random(100_000), [1.0, 3.0, np.sqrt(2), 1 + 1e-12]])
+    a, b = both(x, s)
+    np.testing.assert_allclose(a, np.exp(x), rtol=1e-14)
+    np.testing.assert_allclose(b, np.log(s), rtol=1e-14, atol=1e-16)
