@@ -318,18 +318,27 @@ def soft_forward(d, xl, yl, gamma):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
-def _soft_back_row(e_i, e_dn, r_i, r_dn, d_i, d_dn, xl, yl, i, m, ig, wa, wb, wc):  # type: ignore[no-untyped-def]
-    npair = e_i.shape[1]
-    for j in range(m, 0, -1):
-        # the transition weights do not depend on E: one vectorised pass of exps ...
+def _soft_back_weights(r_i, r_dn, d_i, d_dn, m, ig, wa, wb, wc):  # type: ignore[no-untyped-def]
+    # The transition weights of row i do not depend on E: one vectorised pass of exps over
+    # the row with j ascending. (The same loop with j descending, as the recursion runs,
+    # was 3x slower on the machine of BENCHMARKS.md at 32 pairs per chunk: the hardware
+    # prefetchers follow ascending streams.)
+    npair = r_i.shape[1]
+    for j in range(1, m + 1):
         for p in range(npair):
             rij = r_i[j, p]
-            wa[p] = exp_nonpos((r_dn[j, p] - rij - d_dn[j, p]) * ig)
-            wb[p] = exp_nonpos((r_i[j + 1, p] - rij - d_i[j + 1, p]) * ig)
-            wc[p] = exp_nonpos((r_dn[j + 1, p] - rij - d_dn[j + 1, p]) * ig)
-        # ... then the recursion, multiply-adds only
+            wa[j, p] = exp_nonpos((r_dn[j, p] - rij - d_dn[j, p]) * ig)
+            wb[j, p] = exp_nonpos((r_i[j + 1, p] - rij - d_i[j + 1, p]) * ig)
+            wc[j, p] = exp_nonpos((r_dn[j + 1, p] - rij - d_dn[j + 1, p]) * ig)
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _soft_back_row(e_i, e_dn, xl, yl, i, m, wa, wb, wc):  # type: ignore[no-untyped-def]
+    # the recursion over the row (j descending), multiply-adds only
+    npair = e_i.shape[1]
+    for j in range(m, 0, -1):
         for p in range(npair):
-            v = e_dn[j, p] * wa[p] + e_i[j + 1, p] * wb[p] + e_dn[j + 1, p] * wc[p]
+            v = e_dn[j, p] * wa[j, p] + e_i[j + 1, p] * wb[j, p] + e_dn[j + 1, p] * wc[j, p]
             n_p = xl[p]
             m_p = yl[p]
             v = 1.0 if (i == n_p and j == m_p) else v
@@ -349,24 +358,11 @@ def soft_backward(d, r, xl, yl, gamma, e):  # type: ignore[no-untyped-def]
         ec = e[c]
         ec[n + 1, :, :] = 0.0
         ec[:, m + 1, :] = 0.0
-        wa, wb, wc = np.empty(npair), np.empty(npair), np.empty(npair)
+        # one row of each transition weight, reused for every row
+        wa, wb, wc = np.empty((m2, npair)), np.empty((m2, npair)), np.empty((m2, npair))
         for i in range(n, 0, -1):
-            _soft_back_row(
-                ec[i],
-                ec[i + 1],
-                r[c, i],
-                r[c, i + 1],
-                d[c, i],
-                d[c, i + 1],
-                xl[c],
-                yl[c],
-                i,
-                m,
-                ig,
-                wa,
-                wb,
-                wc,
-            )
+            _soft_back_weights(r[c, i], r[c, i + 1], d[c, i], d[c, i + 1], m, ig, wa, wb, wc)
+            _soft_back_row(ec[i], ec[i + 1], xl[c], yl[c], i, m, wa, wb, wc)
     return e
 
 
