@@ -223,20 +223,45 @@ def test_dccae_reconstructs_and_resumes_exactly(tmp_path):
 
 
 def test_cholesky_and_qr_whitening_agree_and_ill_conditioned_views_use_qr():
-    from alignfuse.correlation.cca import _cholesky_fit, _qr_whitener
+    from alignfuse.correlation.cca import _cholesky_fit, _qr_whitener, covariances
 
     X, Y = _views(n=500, p=8, q=5, seed=12)
     x = torch.from_numpy(X - X.mean(0))
     y = torch.from_numpy(Y - Y.mean(0))
-    _, _, s = _cholesky_fit(x, y, 4)
+    zx, zy = torch.zeros(8, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    _, _, s = _cholesky_fit(*covariances(x, y, zx, zy), 4)
     qx, _ = _qr_whitener(x, "X", "reg_x")
     qy, _ = _qr_whitener(y, "Y", "reg_y")
     s_qr = torch.linalg.svdvals(qx.T @ qy)[:4]
     assert torch.allclose(s, s_qr, atol=1e-12)
     bad = x.clone()
     bad[:, 0] *= 1e6  # covariance condition number ~1e12
-    assert _cholesky_fit(bad, y, 4) is None
+    assert _cholesky_fit(*covariances(bad, y, zx, zy), 4) is None
     # the public estimator still gives the invariant answer through QR
     assert np.allclose(
         CCA(4).fit(bad.numpy(), Y).correlations_, CCA(4).fit(X, Y).correlations_, atol=1e-9
     )
+
+
+@pytest.mark.parametrize("shift", [0.0, 3.0, 1e4])
+@pytest.mark.parametrize("kind", ["cpu", "autograd"])
+def test_covariances_from_uncentred_products_equal_centred(shift, kind):
+    # float64 covariances skip the centred copies unless the means dwarf the spread
+    # (cancellation factor > MAX_CANCEL, here shift 1e4): both routes give the centred result
+    from alignfuse.correlation.cca import covariances
+
+    X, Y = _views(n=400, p=7, q=4, seed=3)
+    X, Y = X + shift, Y - 2 * shift
+    x, y = torch.from_numpy(X), torch.from_numpy(Y)
+    if kind == "autograd":  # the torch route (as on a GPU); "cpu" runs the products in numpy
+        x.requires_grad_(True)
+    got = covariances(x, y, x.detach().mean(0), y.mean(0))
+    xc, yc = X - X.mean(0), Y - Y.mean(0)
+    want = (xc.T @ xc / 399, xc.T @ yc / 399, yc.T @ yc / 399)
+    for g, w in zip(got, want, strict=True):
+        assert np.allclose(g.detach().numpy(), w, rtol=1e-10, atol=1e-10 * np.abs(w).max())
+    if kind == "cpu":
+        # and the fitted model is the same as on centred data
+        a = CCA(3).fit(X, Y).correlations_
+        b = CCA(3).fit(xc, yc).correlations_
+        assert np.allclose(a, b, atol=1e-10)

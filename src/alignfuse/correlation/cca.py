@@ -16,6 +16,9 @@ a ridge instead of a silent NaN.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 
 from alignfuse.correlation._base import (
@@ -26,6 +29,7 @@ from alignfuse.correlation._base import (
     as_views,
     check_components,
     column_correlations,
+    finite_column_means,
 )
 
 
@@ -50,55 +54,121 @@ def _qr_whitener(xc: torch.Tensor, name: str, reg_name: str) -> tuple[torch.Tens
 
 
 MAX_COND = 1e7  # beyond this condition number of a view, whiten by QR instead of Cholesky
+MAX_CANCEL = 1e4  # float64 covariances from uncentred products lose at most 4 of 16 digits
+
+
+def _uncentred_ok(g: Any, c: Any) -> bool:
+    """Whether every column's cancellation factor ``sum v^2 / sum (v - m)^2`` (diagonals of
+    the uncentred and centred products) is at most ``MAX_CANCEL``."""
+    dg, dc = g.diagonal(), c.diagonal()
+    return bool((dc > 0).all()) and float((dg / dc).max()) <= MAX_CANCEL
+
+
+def _covariances_any(x: Any, y: Any, mx: Any, my: Any) -> tuple[Any, Any, Any]:
+    """Unscaled ``C_xx, C_xy, C_yy`` of numpy arrays or tensors (the same operators)."""
+    n = x.shape[0]
+    if x.dtype in (np.float64, torch.float64):
+        gxx, gyy = x.T @ x, y.T @ y
+        cxx, cyy = gxx - n * mx[:, None] * mx, gyy - n * my[:, None] * my
+        if _uncentred_ok(gxx, cxx) and _uncentred_ok(gyy, cyy):
+            return cxx, x.T @ y - n * mx[:, None] * my, cyy
+    xc, yc = x - mx, y - my
+    return xc.T @ xc, xc.T @ yc, yc.T @ yc
+
+
+def covariances(
+    x: torch.Tensor, y: torch.Tensor, mean_x: torch.Tensor, mean_y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``C_xx``, ``C_xy``, ``C_yy`` of the views about the given means (divided by n - 1).
+
+    float64 views skip the centred copies when their means are small next to their spread:
+    ``C = X^T Y - n m_x m_y^T``, kept only if every column's cancellation factor is at most
+    ``MAX_CANCEL``; otherwise the views are centred and the products recomputed. On the CPU
+    the products run in numpy (OpenBLAS), 1.6x faster than torch's for these tall products
+    on the machine of BENCHMARKS.md; they follow numpy's thread settings (e.g.
+    ``OPENBLAS_NUM_THREADS``), not ``torch.set_num_threads``."""
+    n = x.shape[0]
+    if x.device.type == "cpu" and not (x.requires_grad or y.requires_grad):
+        out = _covariances_any(x.numpy(), y.numpy(), mean_x.numpy(), mean_y.numpy())
+        cxx, cxy, cyy = (torch.from_numpy(np.asarray(c)) for c in out)
+    else:
+        cxx, cxy, cyy = _covariances_any(x, y, mean_x, mean_y)
+    return cxx / (n - 1), cxy / (n - 1), cyy / (n - 1)
 
 
 def _cholesky_fit(
-    x: torch.Tensor, y: torch.Tensor, k: int
+    cxx: torch.Tensor, cxy: torch.Tensor, cyy: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Whitening by Cholesky factors of the covariances (three BLAS-3 products, ~5x faster
-    than QR); ``None`` when a view is too ill-conditioned for it to keep full precision
-    (float64 only), so the caller falls back to QR."""
-    if x.dtype != torch.float64 or x.shape[0] <= max(x.shape[1], y.shape[1]):
-        return None
-    n = x.shape[0]
+    """Whitening by Cholesky factors of the covariances (~5x faster than QR); ``None`` when
+    a view is too ill-conditioned for it to keep full precision, so the caller falls back to
+    QR."""
     factors = []
-    for v in (x, y):
-        c = v.T @ v / (n - 1)
+    for c in (cxx, cyy):
         lc, info = torch.linalg.cholesky_ex(c)
         d = lc.diagonal()
         if int(info) or d.min() <= 0 or float((d.max() / d.min()) ** 2) > MAX_COND:
             return None
         factors.append(lc)
     lx, ly = factors
-    t = torch.linalg.solve_triangular(lx, x.T @ y / (n - 1), upper=False)
+    t = torch.linalg.solve_triangular(lx, cxy, upper=False)
     t = torch.linalg.solve_triangular(ly, t.T, upper=False).T
-    u, s, vh = torch.linalg.svd(t, full_matrices=False)
-    wx = torch.linalg.solve_triangular(lx.T, u[:, :k], upper=True)
-    wy = torch.linalg.solve_triangular(ly.T, vh.T[:, :k], upper=True)
-    return wx, wy, s[:k].clamp(max=1.0)
+    u, s, v = _top_singular(t, k)
+    wx = torch.linalg.solve_triangular(lx.T, u, upper=True)
+    wy = torch.linalg.solve_triangular(ly.T, v, upper=True)
+    return wx, wy, s.clamp(max=1.0)
+
+
+def _top_singular(t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top ``k`` singular triplets ``U (p, k)``, ``s (k,)``, ``V (q, k)`` of ``t``.
+
+    From the eigenvectors of the smaller Gram matrix (``t^T t`` or ``t t^T``: 3x faster than
+    the full SVD at 256 x 128), the other side as ``t v / s``; a full SVD when the k-th
+    singular value is too small (below ``1e-4`` of the first) for that quotient to keep
+    precision."""
+    wide = t.shape[0] < t.shape[1]
+    a = t.T if wide else t
+    vals, vecs = torch.linalg.eigh(a.T @ a)
+    s = vals[-k:].flip(0).clamp_min(0).sqrt()
+    if float(s[-1]) <= 1e-4 * float(s[0]):
+        u, sv, vh = torch.linalg.svd(t, full_matrices=False)
+        return u[:, :k], sv[:k], vh[:k].T
+    v = vecs[:, -k:].flip(1)
+    u = (a @ v) / s
+    return (v, s, u) if wide else (u, s, v)
 
 
 def cca_fit(
-    x: torch.Tensor, y: torch.Tensor, k: int, reg_x: float, reg_y: float
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean_x: torch.Tensor,
+    mean_y: torch.Tensor,
+    k: int,
+    reg_x: float,
+    reg_y: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weights ``(p, k)``, ``(q, k)`` and correlations ``(k,)`` of centred views."""
+    """Weights ``(p, k)``, ``(q, k)`` and correlations ``(k,)`` of the views about the given
+    means."""
     n = x.shape[0]
     if reg_x == 0 and reg_y == 0:
-        fast = _cholesky_fit(x, y, k)
-        if fast is not None:
-            return fast
-        qx, rx = _qr_whitener(x, "X", "reg_x")
-        qy, ry = _qr_whitener(y, "Y", "reg_y")
+        # float64 with more rows than columns: Cholesky whitening of the covariances when
+        # well conditioned; otherwise (and float32) QR of the centred data
+        if x.dtype == torch.float64 and n > max(x.shape[1], y.shape[1]):
+            fast = _cholesky_fit(*covariances(x, y, mean_x, mean_y), k)
+            if fast is not None:
+                return fast
+        qx, rx = _qr_whitener(x - mean_x, "X", "reg_x")
+        qy, ry = _qr_whitener(y - mean_y, "Y", "reg_y")
         u, s, vh = torch.linalg.svd(qx.T @ qy, full_matrices=False)
         scale = (n - 1) ** 0.5
         wx = torch.linalg.solve_triangular(rx, u[:, :k], upper=True) * scale
         wy = torch.linalg.solve_triangular(ry, vh.T[:, :k], upper=True) * scale
         return wx, wy, s[:k].clamp(max=1.0)
+    cxx, cxy, cyy = covariances(x, y, mean_x, mean_y)
     eye_x = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     eye_y = torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
-    ix = _inv_sqrt(x.T @ x / (n - 1) + reg_x * eye_x, "X")
-    iy = _inv_sqrt(y.T @ y / (n - 1) + reg_y * eye_y, "Y")
-    u, s, vh = torch.linalg.svd(ix @ (x.T @ y / (n - 1)) @ iy, full_matrices=False)
+    ix = _inv_sqrt(cxx + reg_x * eye_x, "X")
+    iy = _inv_sqrt(cyy + reg_y * eye_y, "Y")
+    u, s, vh = torch.linalg.svd(ix @ cxy @ iy, full_matrices=False)
     return ix @ u[:, :k], iy @ vh.T[:, :k], s[:k].clamp(max=1.0)
 
 
@@ -136,7 +206,7 @@ class CCA(Estimator):
 
     def fit(self, X: Array, Y: Array) -> CCA:
         """Fit on paired views ``X`` ``(n, p)`` and ``Y`` ``(n, q)``."""
-        x, y, was_numpy = as_views(X, Y)
+        x, y, was_numpy = as_views(X, Y, check_finite=False)  # checked by the means below
         for name, reg in (("reg_x", self.reg_x), ("reg_y", self.reg_y)):
             if reg < 0:
                 raise ValueError(f"{name} must be >= 0, got {reg}")
@@ -144,10 +214,12 @@ class CCA(Estimator):
             self.n_components, min(x.shape[1], y.shape[1]), "min(n_features_X, n_features_Y)"
         )
         check_components(self.n_components, x.shape[0] - 1, "n_samples - 1")
-        self._mean_x = x.mean(0) if self.center else torch.zeros_like(x[0])
-        self._mean_y = y.mean(0) if self.center else torch.zeros_like(y[0])
+        self._mean_x = finite_column_means(x, "X")
+        self._mean_y = finite_column_means(y, "Y")
+        if not self.center:
+            self._mean_x, self._mean_y = torch.zeros_like(x[0]), torch.zeros_like(y[0])
         wx, wy, corr = cca_fit(
-            x - self._mean_x, y - self._mean_y, self.n_components, self.reg_x, self.reg_y
+            x, y, self._mean_x, self._mean_y, self.n_components, self.reg_x, self.reg_y
         )
         self._torch = (wx, wy)
         self.x_weights_ = as_output(wx, was_numpy)

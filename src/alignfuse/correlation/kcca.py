@@ -143,7 +143,7 @@ class KCCA(Estimator):
         )
         self._mean_x, self._mean_y = px.mean(0), py.mean(0)
         wx, wy, corr = cca_fit(
-            px - self._mean_x, py - self._mean_y, self.n_components, self.reg_x, self.reg_y
+            px, py, self._mean_x, self._mean_y, self.n_components, self.reg_x, self.reg_y
         )
         self._torch = (wx, wy)
         self.correlations_ = as_output(corr, was_numpy)
