@@ -347,23 +347,31 @@ def _soft_back_row(e_i, e_dn, xl, yl, i, m, wa, wb, wc):  # type: ignore[no-unty
 
 
 @njit(cache=True, parallel=True)
-def soft_backward(d, r, xl, yl, gamma, e):  # type: ignore[no-untyped-def]
-    """Expected alignment matrices (Cuturi & Blondel 2017, Algorithm 2) in the chunked layout
-    ``(C, n + 2, m + 2, P)``; the recursion starts at each pair's own lengths, and cells past
-    them are zero. ``e`` (same shape as ``d``, any content) receives the result."""
+def soft_backward(d, r, xl, yl, gamma, scale, out):  # type: ignore[no-untyped-def]
+    """Expected alignment matrices (Cuturi & Blondel 2017, Algorithm 2) of the chunked
+    layout ``(C, n + 2, m + 2, P)``, each pair's scaled by ``scale[p]`` and written to
+    ``out`` ``(B, n, m)`` (any float dtype). The recursion starts at each pair's own lengths;
+    cells past them are zero. Only two rows of E are held per chunk."""
     nc, n2, m2, npair = d.shape
     n, m = n2 - 2, m2 - 2
+    b = out.shape[0]
     ig = 1.0 / gamma
     for c in prange(nc):
-        ec = e[c]
-        ec[n + 1, :, :] = 0.0
-        ec[:, m + 1, :] = 0.0
-        # one row of each transition weight, reused for every row
+        # one row of each transition weight and two rows of E, reused for every row
         wa, wb, wc = np.empty((m2, npair)), np.empty((m2, npair)), np.empty((m2, npair))
+        e_a, e_b = np.zeros((m2, npair)), np.zeros((m2, npair))
         for i in range(n, 0, -1):
+            e_i, e_dn = (e_a, e_b) if (n - i) % 2 == 0 else (e_b, e_a)
             _soft_back_weights(r[c, i], r[c, i + 1], d[c, i], d[c, i + 1], m, ig, wa, wb, wc)
-            _soft_back_row(ec[i], ec[i + 1], xl[c], yl[c], i, m, wa, wb, wc)
-    return e
+            _soft_back_row(e_i, e_dn, xl[c], yl[c], i, m, wa, wb, wc)
+            for q in range(npair):
+                p = c * npair + q
+                if p < b:
+                    g = scale[p]
+                    row = out[p, i - 1]
+                    for j in range(m):
+                        row[j] = e_i[j + 1, q] * g
+    return out
 
 
 @njit(cache=True, parallel=True)
@@ -381,18 +389,3 @@ def to_chunks(cost, per):  # type: ignore[no-untyped-def]
                     for j in range(m):
                         d[c, i + 1, j + 1, q] = cost[p, i, j]
     return d
-
-
-@njit(cache=True, parallel=True)
-def from_chunks(e, scale, out):  # type: ignore[no-untyped-def]
-    """The inverse of :func:`to_chunks` into ``out`` ``(B, n, m)`` (any float dtype), each
-    pair scaled by ``scale[p]``."""
-    per = e.shape[3]
-    b, n, m = out.shape
-    for p in prange(b):
-        c, q = p // per, p % per
-        g = scale[p]
-        for i in range(n):
-            for j in range(m):
-                out[p, i, j] = e[c, i + 1, j + 1, q] * g
-    return out

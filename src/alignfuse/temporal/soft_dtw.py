@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numba
@@ -35,19 +34,6 @@ from alignfuse.temporal import _kernels as K
 from alignfuse.temporal._input import as_batch, check_gamma, pair_up
 from alignfuse.temporal._wavefront import wavefront
 from alignfuse.temporal.dtw import Metric, _check_backend, pairwise_cost
-
-_LOCAL = threading.local()
-
-
-def _scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """A per-thread float64 buffer of ``shape``, reused across backward calls: fresh large
-    arrays cost their first-touch page faults on every call (~10 ms per 20 MB measured
-    here). Only the backward's temporary uses it; nothing kept by autograd does."""
-    buf = getattr(_LOCAL, "buf", None)
-    if buf is None or buf.shape != shape:
-        buf = np.empty(shape)
-        _LOCAL.buf = buf
-    return buf
 
 
 def _chunking(b: int) -> tuple[int, int]:
@@ -88,12 +74,12 @@ class _SoftDTWFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         d, r, lx, ly, gamma, b = ctx.state
-        e = K.soft_backward(d, r, lx, ly, gamma, _scratch(d.shape))
         out = np.empty(
-            (b, e.shape[1] - 2, e.shape[2] - 2),
+            (b, d.shape[1] - 2, d.shape[2] - 2),
             dtype=d.dtype if ctx.dtype == torch.float64 else np.float32,
         )
-        K.from_chunks(e, np.ascontiguousarray(grad.detach().cpu().double().numpy()), out)
+        scale = np.ascontiguousarray(grad.detach().cpu().double().numpy())
+        K.soft_backward(d, r, lx, ly, gamma, scale, out)
         ge = torch.from_numpy(out).to(device=ctx.device, dtype=ctx.dtype)
         return ge, None, None, None
 
