@@ -72,9 +72,7 @@ def check_views(x: torch.Tensor, y: torch.Tensor) -> None:
         )
 
 
-def as_views(
-    X: Any, Y: Any, check_finite: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def as_views(X: Any, Y: Any, check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Both views as tensors of X's dtype and device, with paired rows; and whether the
     input was numpy."""
     x, was_numpy = as_matrix(X, "X", check_finite)

@@ -76,6 +76,18 @@ def _covariances_any(x: Any, y: Any, mx: Any, my: Any) -> tuple[Any, Any, Any]:
     return xc.T @ xc, xc.T @ yc, yc.T @ yc
 
 
+def _covariances(
+    x: torch.Tensor, y: torch.Tensor, mean_x: torch.Tensor, mean_y: torch.Tensor
+) -> tuple[Any, Any, Any]:
+    """:func:`covariances` as numpy arrays on the CPU (no grad), tensors otherwise."""
+    n = x.shape[0]
+    if x.device.type == "cpu" and not (x.requires_grad or y.requires_grad):
+        cxx, cxy, cyy = _covariances_any(x.numpy(), y.numpy(), mean_x.numpy(), mean_y.numpy())
+    else:
+        cxx, cxy, cyy = _covariances_any(x, y, mean_x, mean_y)
+    return cxx / (n - 1), cxy / (n - 1), cyy / (n - 1)
+
+
 def covariances(
     x: torch.Tensor, y: torch.Tensor, mean_x: torch.Tensor, mean_y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,38 +99,89 @@ def covariances(
     the products run in numpy (OpenBLAS), 1.6x faster than torch's for these tall products
     on the machine of BENCHMARKS.md; they follow numpy's thread settings (e.g.
     ``OPENBLAS_NUM_THREADS``), not ``torch.set_num_threads``."""
-    n = x.shape[0]
-    if x.device.type == "cpu" and not (x.requires_grad or y.requires_grad):
-        out = _covariances_any(x.numpy(), y.numpy(), mean_x.numpy(), mean_y.numpy())
-        cxx, cxy, cyy = (torch.from_numpy(np.asarray(c)) for c in out)
-    else:
-        cxx, cxy, cyy = _covariances_any(x, y, mean_x, mean_y)
-    return cxx / (n - 1), cxy / (n - 1), cyy / (n - 1)
+    cxx, cxy, cyy = _covariances(x, y, mean_x, mean_y)
+    return torch.as_tensor(cxx), torch.as_tensor(cxy), torch.as_tensor(cyy)
+
+
+class _NumpyLinalg:
+    """The few dense routines of the Cholesky fit on numpy's own BLAS / LAPACK. Staying in
+    one runtime matters on the CPU: torch's (or scipy's) threads spin for milliseconds after
+    each call and slow the next numpy product, and torch's LAPACK costs ~80 ms on its first
+    call. numpy has no triangular solver: the factors are solved as general systems (LU,
+    backward stable; the factors' conditioning is bounded by ``MAX_COND``)."""
+
+    @staticmethod
+    def cholesky(c: np.ndarray) -> np.ndarray | None:
+        try:
+            return np.linalg.cholesky(c)
+        except np.linalg.LinAlgError:
+            return None
+
+    @staticmethod
+    def solve(a: np.ndarray, b: np.ndarray, lower: bool) -> np.ndarray:
+        return np.linalg.solve(a, b)
+
+    eigh = staticmethod(np.linalg.eigh)
+
+    @staticmethod
+    def svd(a: np.ndarray) -> Any:
+        return np.linalg.svd(a, full_matrices=False)
+
+    @staticmethod
+    def flip(a: np.ndarray, axis: int) -> np.ndarray:
+        return np.flip(a, axis)
+
+
+class _TorchLinalg:
+    """The same routines on tensors (any device)."""
+
+    @staticmethod
+    def cholesky(c: torch.Tensor) -> torch.Tensor | None:
+        lc, info = torch.linalg.cholesky_ex(c)
+        return None if int(info) else lc
+
+    @staticmethod
+    def solve(a: torch.Tensor, b: torch.Tensor, lower: bool) -> torch.Tensor:
+        return torch.linalg.solve_triangular(a, b, upper=not lower)
+
+    eigh = staticmethod(torch.linalg.eigh)
+
+    @staticmethod
+    def svd(a: torch.Tensor) -> Any:
+        return torch.linalg.svd(a, full_matrices=False)
+
+    @staticmethod
+    def flip(a: torch.Tensor, axis: int) -> torch.Tensor:
+        return a.flip(axis)
 
 
 def _cholesky_fit(
-    cxx: torch.Tensor, cxy: torch.Tensor, cyy: torch.Tensor, k: int
+    cxx: Any, cxy: Any, cyy: Any, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Whitening by Cholesky factors of the covariances (~5x faster than QR); ``None`` when
-    a view is too ill-conditioned for it to keep full precision, so the caller falls back to
-    QR."""
+    """Whitening by Cholesky factors of the covariances (numpy arrays or tensors; ~5x faster
+    than QR); ``None`` when a view is too ill-conditioned for it to keep full precision, so
+    the caller falls back to QR."""
+    la: Any = _NumpyLinalg if isinstance(cxx, np.ndarray) else _TorchLinalg
     factors = []
     for c in (cxx, cyy):
-        lc, info = torch.linalg.cholesky_ex(c)
+        lc = la.cholesky(c)
+        if lc is None:
+            return None
         d = lc.diagonal()
-        if int(info) or d.min() <= 0 or float((d.max() / d.min()) ** 2) > MAX_COND:
+        if d.min() <= 0 or float((d.max() / d.min()) ** 2) > MAX_COND:
             return None
         factors.append(lc)
     lx, ly = factors
-    t = torch.linalg.solve_triangular(lx, cxy, upper=False)
-    t = torch.linalg.solve_triangular(ly, t.T, upper=False).T
-    u, s, v = _top_singular(t, k)
-    wx = torch.linalg.solve_triangular(lx.T, u, upper=True)
-    wy = torch.linalg.solve_triangular(ly.T, v, upper=True)
-    return wx, wy, s.clamp(max=1.0)
+    t = la.solve(lx, cxy, lower=True)
+    t = la.solve(ly, t.T, lower=True).T
+    u, s, v = _top_singular(la, t, k)
+    out = (la.solve(lx.T, u, lower=False), la.solve(ly.T, v, lower=False), s.clip(max=1.0))
+    if la is _NumpyLinalg:
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in out)  # type: ignore[return-value]
+    return out
 
 
-def _top_singular(t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _top_singular(la: Any, t: Any, k: int) -> tuple[Any, Any, Any]:
     """The top ``k`` singular triplets ``U (p, k)``, ``s (k,)``, ``V (q, k)`` of ``t``.
 
     From the eigenvectors of the smaller Gram matrix (``t^T t`` or ``t t^T``: 3x faster than
@@ -127,12 +190,12 @@ def _top_singular(t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
     precision."""
     wide = t.shape[0] < t.shape[1]
     a = t.T if wide else t
-    vals, vecs = torch.linalg.eigh(a.T @ a)
-    s = vals[-k:].flip(0).clamp_min(0).sqrt()
+    vals, vecs = la.eigh(a.T @ a)
+    s = la.flip(vals[-k:], 0).clip(min=0) ** 0.5
     if float(s[-1]) <= 1e-4 * float(s[0]):
-        u, sv, vh = torch.linalg.svd(t, full_matrices=False)
+        u, sv, vh = la.svd(t)
         return u[:, :k], sv[:k], vh[:k].T
-    v = vecs[:, -k:].flip(1)
+    v = la.flip(vecs[:, -k:], 1)
     u = (a @ v) / s
     return (v, s, u) if wide else (u, s, v)
 
@@ -153,7 +216,7 @@ def cca_fit(
         # float64 with more rows than columns: Cholesky whitening of the covariances when
         # well conditioned; otherwise (and float32) QR of the centred data
         if x.dtype == torch.float64 and n > max(x.shape[1], y.shape[1]):
-            fast = _cholesky_fit(*covariances(x, y, mean_x, mean_y), k)
+            fast = _cholesky_fit(*_covariances(x, y, mean_x, mean_y), k)
             if fast is not None:
                 return fast
         qx, rx = _qr_whitener(x - mean_x, "X", "reg_x")
