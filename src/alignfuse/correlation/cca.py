@@ -142,7 +142,8 @@ class _TorchLinalg:
 
     @staticmethod
     def solve(a: torch.Tensor, b: torch.Tensor, lower: bool) -> torch.Tensor:
-        return torch.linalg.solve_triangular(a, b, upper=not lower)
+        out: torch.Tensor = torch.linalg.solve_triangular(a, b, upper=not lower)
+        return out
 
     eigh = staticmethod(torch.linalg.eigh)
 
