@@ -60,6 +60,8 @@ MAX_CANCEL = 1e4  # float64 covariances from uncentred products lose at most 4 o
 def _uncentred_ok(g: Any, c: Any) -> bool:
     """Whether every column's cancellation factor ``sum v^2 / sum (v - m)^2`` (diagonals of
     the uncentred and centred products) is at most ``MAX_CANCEL``."""
+    if isinstance(g, torch.Tensor):
+        g, c = g.detach(), c.detach()
     dg, dc = g.diagonal(), c.diagonal()
     return bool((dc > 0).all()) and float((dg / dc).max()) <= MAX_CANCEL
 
