@@ -46,8 +46,13 @@ def test_scan_equals_the_naive_loop(direction, aggregation):
     em = torch.ones(4, 6, dtype=torch.bool)
     em[2, 2:] = False
     scan = SCAN(direction, aggregation, chunk_images=2, chunk_captions=3)
-    ref = naive_scan(v, e, direction, aggregation, scan.lambda_softmax, scan.lambda_lse, vm, em)
+    l1, l2 = scan.lambda_softmax, scan.lambda_lse
+    ref = naive_scan(v, e, direction, aggregation, l1, l2, vm, em)
     torch.testing.assert_close(scan(v, e, vm, em), ref, atol=1e-12, rtol=0)
+    # padding on one side only (the other side's masks are skipped)
+    for masks in ((vm, None), (None, em)):
+        ref = naive_scan(v, e, direction, aggregation, l1, l2, *masks)
+        torch.testing.assert_close(scan(v, e, *masks), ref, atol=1e-12, rtol=0)
     # no masks: chunk sizes do not matter
     full = SCAN(direction, aggregation)(v, e)
     torch.testing.assert_close(
