@@ -327,7 +327,7 @@ def test_matching_loss_is_cross_entropy_over_pos_and_sampled_negatives():
         manual.append(-F.log_softmax(head(a[i : i + 1], b[nb[i] : nb[i] + 1]), 1)[0, 0])
     for j in range(4):
         manual.append(-F.log_softmax(head(a[na[j] : na[j] + 1], b[j : j + 1]), 1)[0, 0])
-    assert float(loss.detach()) == pytest.approx(float(torch.stack(manual).mean()))
+    assert float(loss.detach()) == pytest.approx(float(torch.stack(manual).mean().detach()))
     assert targets.tolist() == [1] * 4 + [0] * 8
     with pytest.raises(ValueError, match="no negative"):
         matching(head, a, b, sims, labels=torch.zeros(4, dtype=torch.long))
