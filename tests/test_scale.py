@@ -93,7 +93,7 @@ def _worker(rank, world, init_file, out_dir):
             loss = fn(all_gather_with_grad(a), all_gather_with_grad(b))
             loss.backward()
             result[name] = {
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "ga": a.grad.tolist(),
                 "gb": b.grad.tolist(),
                 "world": world_size(),
@@ -124,6 +124,6 @@ def test_two_process_gather_equals_single_process(tmp_path):
         loss.backward()
         for r, res in enumerate(ranks):
             assert res[name]["world"] == 2
-            assert res[name]["loss"] == pytest.approx(float(loss), rel=1e-12)
+            assert res[name]["loss"] == pytest.approx(float(loss.detach()), rel=1e-12)
             assert np.allclose(res[name]["ga"], a.grad[r * 4 : (r + 1) * 4].numpy(), rtol=1e-10)
             assert np.allclose(res[name]["gb"], b.grad[r * 4 : (r + 1) * 4].numpy(), rtol=1e-10)

@@ -115,5 +115,8 @@ class SigmoidLoss(nn.Module):
         )
         return LossOutput(
             loss,
-            {"scale": float(self.logit_scale.detach().exp()), "bias": float(self.logit_bias)},
+            {
+                "scale": float(self.logit_scale.detach().exp()),
+                "bias": float(self.logit_bias.detach()),
+            },
         )
