@@ -265,3 +265,33 @@ def test_covariances_from_uncentred_products_equal_centred(shift, kind):
         a = CCA(3).fit(X, Y).correlations_
         b = CCA(3).fit(xc, yc).correlations_
         assert np.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "autograd"])
+def test_zero_canonical_correlations_use_the_full_svd(kind):
+    # Y's last columns are exactly uncorrelated (in sample) with every column of X, so the
+    # trailing canonical correlations are 0 and U = T V / s is undefined: the top-k routine
+    # must fall back to the SVD and still return uncorrelated unit-variance scores
+    rng = np.random.default_rng(9)
+    n = 300
+    X = rng.normal(size=(n, 5))
+    xc = X - X.mean(0)
+    y0 = X[:, :1] + 0.3 * rng.normal(size=(n, 1))
+    r = rng.normal(size=(n, 2))
+    r -= r.mean(0)
+    r -= xc @ np.linalg.lstsq(xc, r, rcond=None)[0]  # orthogonal to centred X
+    Y = np.hstack([y0, r])
+    a, b = X, Y
+    if kind == "autograd":  # tensors that need grad take the torch route (as on a GPU)
+        a, b = torch.from_numpy(X).requires_grad_(True), torch.from_numpy(Y)
+
+    def arr(t):
+        return t.detach().numpy() if isinstance(t, torch.Tensor) else t
+
+    cca = CCA(n_components=3).fit(a, b)
+    corr = arr(cca.correlations_)
+    assert corr[0] > 0.9 and np.allclose(corr[1:], 0, atol=1e-10)
+    zx, zy = (arr(z) for z in cca.transform(a, b))
+    assert np.allclose(np.cov(zx.T), np.eye(3), atol=1e-8)
+    assert np.allclose(np.cov(zy.T), np.eye(3), atol=1e-8)
+    assert np.allclose(np.cov(zx.T, zy.T)[:3, 3:], np.diag(corr), atol=1e-8)

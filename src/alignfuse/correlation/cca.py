@@ -60,10 +60,8 @@ MAX_CANCEL = 1e4  # float64 covariances from uncentred products lose at most 4 o
 def _uncentred_ok(g: Any, c: Any) -> bool:
     """Whether every column's cancellation factor ``sum v^2 / sum (v - m)^2`` (diagonals of
     the uncentred and centred products) is at most ``MAX_CANCEL``."""
-    if isinstance(g, torch.Tensor):
-        g, c = g.detach(), c.detach()
     dg, dc = g.diagonal(), c.diagonal()
-    return bool((dc > 0).all()) and float((dg / dc).max()) <= MAX_CANCEL
+    return _num((dc > 0).all()) > 0 and _num((dg / dc).max()) <= MAX_CANCEL
 
 
 def _covariances_any(x: Any, y: Any, mx: Any, my: Any) -> tuple[Any, Any, Any]:
@@ -170,8 +168,8 @@ def _cholesky_fit(
         lc = la.cholesky(c)
         if lc is None:
             return None
-        d = lc.diagonal()
-        if d.min() <= 0 or float((d.max() / d.min()) ** 2) > MAX_COND:
+        lo, hi = _num(lc.diagonal().min()), _num(lc.diagonal().max())
+        if lo <= 0 or (hi / lo) ** 2 > MAX_COND:
             return None
         factors.append(lc)
     lx, ly = factors
@@ -182,6 +180,11 @@ def _cholesky_fit(
     if la is _NumpyLinalg:
         return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in out)  # type: ignore[return-value]
     return out
+
+
+def _num(v: Any) -> float:
+    """A scalar array or tensor as a float (detached: used for control flow only)."""
+    return float(v.detach() if isinstance(v, torch.Tensor) else v)
 
 
 def _top_singular(la: Any, t: Any, k: int) -> tuple[Any, Any, Any]:
@@ -195,7 +198,7 @@ def _top_singular(la: Any, t: Any, k: int) -> tuple[Any, Any, Any]:
     a = t.T if wide else t
     vals, vecs = la.eigh(a.T @ a)
     s = la.flip(vals[-k:], 0).clip(min=0) ** 0.5
-    if float(s[-1]) <= 1e-4 * float(s[0]):
+    if _num(s[-1]) <= 1e-4 * _num(s[0]):
         u, sv, vh = la.svd(t)
         return u[:, :k], sv[:k], vh[:k].T
     v = la.flip(vecs[:, -k:], 1)
