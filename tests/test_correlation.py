@@ -142,6 +142,11 @@ def test_numpy_in_numpy_out_torch_in_torch_out():
     assert isinstance(z, torch.Tensor) and z.dtype == torch.float32
     assert np.allclose(mt.correlations_.numpy(), m.correlations_, atol=1e-4)
     assert "CCA(n_components=2" in repr(mt)
+    # half precision is computed in float32 (torch's CPU linear algebra has no half kernels)
+    for dt in (torch.float16, torch.bfloat16):
+        mh = CCA(n_components=2).fit(tx.to(dt), ty.to(dt))
+        assert mh.correlations_.dtype == torch.float32
+        assert np.allclose(mh.correlations_.numpy(), m.correlations_, atol=0.02)
 
 
 def test_cca_loss_equals_cca_and_gradcheck():

@@ -2,7 +2,7 @@
 
 Estimators accept numpy arrays and torch tensors alike. Numpy inputs are computed in
 float64 (on the CPU) and give numpy outputs; torch inputs are computed in their own
-floating dtype on their own device and give tensors.
+floating dtype (half precision in float32) on their own device and give tensors.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def as_matrix(x: Any, name: str, check_finite: bool = True) -> tuple[torch.Tenso
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
     else:
         t = x if x.is_floating_point() else x.double()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()  # the estimators' linear algebra needs at least float32
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}")
     if t.shape[0] < 2 or t.shape[1] < 1:
@@ -53,7 +55,7 @@ def column_sums(t: torch.Tensor) -> torch.Tensor:
     which then spin for some milliseconds and slow the numpy (OpenBLAS) products that follow
     in the correlation estimators by ~10 ms on 2 cores; numpy's reduction runs on the
     calling thread."""
-    if t.device.type != "cpu" or t.requires_grad:
+    if t.device.type != "cpu" or t.requires_grad or t.dtype not in (torch.float32, torch.float64):
         return t.sum(0)
     return torch.from_numpy(np.asarray(t.numpy().sum(0)))
 

@@ -81,7 +81,8 @@ def _covariances(
 ) -> tuple[Any, Any, Any]:
     """:func:`covariances` as numpy arrays on the CPU (no grad), tensors otherwise."""
     n = x.shape[0]
-    if x.device.type == "cpu" and not (x.requires_grad or y.requires_grad):
+    numpy_ok = x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
+    if numpy_ok and not (x.requires_grad or y.requires_grad):
         cxx, cxy, cyy = _covariances_any(x.numpy(), y.numpy(), mean_x.numpy(), mean_y.numpy())
     else:
         cxx, cxy, cyy = _covariances_any(x, y, mean_x, mean_y)
