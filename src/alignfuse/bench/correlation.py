@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.report import pyplot
+from alignfuse.bench.report import markdown_table, pyplot
 from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
 from alignfuse.correlation import SCM
 from alignfuse.correlation.evaluate import evaluate_two_view
@@ -97,16 +97,13 @@ def _leaderboard(rows: list[dict[str, Any]]) -> str:
         ("x2y R@5", "x2y_r5", "{:.3f}"),
         ("x2y R@10", "x2y_r10", "{:.3f}"),
     ]
-    lines = [
-        "| method | " + " | ".join(c[0] for c in cols) + " | fit s |",
-        "|---" * (len(cols) + 2) + "|",
+    body = [
+        [r["name"]]
+        + [fmt.format(r["metrics"][key]) if key in r["metrics"] else "-" for _, key, fmt in cols]
+        + [f"{r['fit_seconds']:.2f}"]
+        for r in rows
     ]
-    for r in rows:
-        cells = [
-            fmt.format(r["metrics"][key]) if key in r["metrics"] else "-" for _, key, fmt in cols
-        ]
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['fit_seconds']:.2f} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(["method", *(c[0] for c in cols), "fit s"], body)
 
 
 def _plot(curves: dict[str, list[float]], path: Path) -> None:

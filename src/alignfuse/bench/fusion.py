@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.report import pyplot
+from alignfuse.bench.report import markdown_table, pyplot
 from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
 from alignfuse.config import ExperimentConfig, from_dict
 from alignfuse.data.shapes import load_shapes
@@ -713,61 +713,49 @@ def run_fusion_suite(
 
 
 def _vqa_board(rows: list[dict[str, Any]], majority: float) -> str:
-    lines = [
-        f"VQA (majority answer: {majority:.3f})\n",
-        "| fusion | acc | color | count | exists | no image | noisy image | no question | fusion params | train s | ms / question |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+    header = ["fusion", "acc", "color", "count", "exists", "no image", "noisy image"]
+    header += ["no question", "fusion params", "train s", "ms / question"]
+    keys = ("acc", "acc_color", "acc_count", "acc_exists", "acc_no_image", "acc_noisy_image")
+    body = [
+        [
+            r["name"],
+            *(f"{r['metrics'][k]:.3f}" for k in (*keys, "acc_no_question")),
+            f"{r['fusion_params']:,}",
+            f"{r['train_seconds']:.0f}",
+            f"{r['latency_ms']:.2f}",
+        ]
+        for r in sorted(rows, key=lambda r: -r["metrics"]["acc"])
     ]
-    for r in sorted(rows, key=lambda r: -r["metrics"]["acc"]):
-        m = r["metrics"]
-        lines.append(
-            f"| {r['name']} | {m['acc']:.3f} | {m['acc_color']:.3f} | {m['acc_count']:.3f} | {m['acc_exists']:.3f} | "
-            f"{m['acc_no_image']:.3f} | {m['acc_noisy_image']:.3f} | {m['acc_no_question']:.3f} | {r['fusion_params']:,} | "
-            f"{r['train_seconds']:.0f} | {r['latency_ms']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, body, f"VQA (majority answer: {majority:.3f})")
 
 
 def _matching_board(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "Image-text matching (test: each image with its caption, its minimal edit, another image's caption)\n",
-        "| fusion | match acc | true > hard negative | true > random caption | train s |",
-        "|---|---|---|---|---|",
+    header = ["fusion", "match acc", "true > hard negative", "true > random caption", "train s"]
+    keys = ("match_acc", "hard_negative_acc", "random_negative_acc")
+    body = [
+        [r["name"], *(f"{r['metrics'][k]:.3f}" for k in keys), f"{r['train_seconds']:.0f}"]
+        for r in sorted(rows, key=lambda r: -r["metrics"]["hard_negative_acc"])
     ]
-    for r in sorted(rows, key=lambda r: -r["metrics"]["hard_negative_acc"]):
-        m = r["metrics"]
-        lines.append(
-            f"| {r['name']} | {m['match_acc']:.3f} | {m['hard_negative_acc']:.3f} | {m['random_negative_acc']:.3f} | {r['train_seconds']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+    title = "Image-text matching (test: each image with its caption, its minimal edit, another image's caption)"
+    return markdown_table(header, body, title)
 
 
 def _retrieval_board(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "Retrieval (test, text to image) and compositional scores\n",
-        "| scorer | t2i R@1 | t2i R@5 | t2i R@10 | hard-negative acc | wino text | wino image | wino group | ms / query |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["scorer", "t2i R@1", "t2i R@5", "t2i R@10", "hard-negative acc", "wino text"]
+    header += ["wino image", "wino group", "ms / query"]
+    keys = ("t2i_r1", "t2i_r5", "t2i_r10", "hard_negative_acc", "wino_text", "wino_image")
+    body = []
     for r in rows:
-        m = r["metrics"]
-        cells = [
-            m.get(k)
-            for k in (
-                "t2i_r1",
-                "t2i_r5",
-                "t2i_r10",
-                "hard_negative_acc",
-                "wino_text",
-                "wino_image",
-                "wino_group",
-            )
-        ]
-        lines.append(
-            f"| {r['name']} | "
-            + " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
-            + f" | {r['ms_per_query']:.3f} |"
+        cells = [r["metrics"].get(k) for k in (*keys, "wino_group")]
+        body.append(
+            [
+                r["name"],
+                *("-" if c is None else f"{c:.3f}" for c in cells),
+                f"{r['ms_per_query']:.3f}",
+            ]
         )
-    return "\n".join(lines) + "\n"
+    title = "Retrieval (test, text to image) and compositional scores"
+    return markdown_table(header, body, title)
 
 
 def _plot_vqa(rows: list[dict[str, Any]], path: Path) -> None:

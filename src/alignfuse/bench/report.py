@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import textwrap
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,16 @@ def _fmt(value: Any, kind: str) -> str:
     if value is None:
         return "-"
     return f"{100 * value:.1f}" if kind == "pct" else f"{value:.1f}"
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None
+) -> str:
+    """A markdown table (cells already formatted), after an optional title paragraph."""
+    lines = [f"{title}\n"] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:

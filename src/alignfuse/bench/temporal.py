@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.report import pyplot
+from alignfuse.bench.report import markdown_table, pyplot
 from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
 from alignfuse.data.spoken import SpokenData, Utterance, load_spoken
 from alignfuse.errors import ConfigError
@@ -225,30 +225,31 @@ def run_temporal_suite(
 
 
 def _leaderboard(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| task | method | features | MAE ms | median ms | within 20 ms | within 50 ms | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+    header = ["task", "method", "features", "MAE ms", "median ms", "within 20 ms"]
+    header += ["within 50 ms", "seconds"]
+    body = [
+        [r["task"], r["name"], r["features"]]
+        + [f"{r['metrics'][k]:.1f}" for k in ("mae_ms", "median_ms")]
+        + [f"{r['metrics'][k]:.3f}" for k in ("within_20ms", "within_50ms")]
+        + [f"{r['seconds']:.1f}"]
+        for r in rows
     ]
-    for r in rows:
-        mt = r["metrics"]
-        lines.append(
-            f"| {r['task']} | {r['name']} | {r['features']} | {mt['mae_ms']:.1f} | {mt['median_ms']:.1f} | "
-            f"{mt['within_20ms']:.3f} | {mt['within_50ms']:.3f} | {r['seconds']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, body)
 
 
 def _clip_leaderboard(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| method | frame accuracy | span IoU | train s | localise s |",
-        "|---|---|---|---|---|",
+    header = ["method", "frame accuracy", "span IoU", "train s", "localise s"]
+    body = [
+        [
+            r["name"],
+            f"{r['metrics']['frame_acc']:.3f}",
+            f"{r['metrics']['span_iou']:.3f}",
+            f"{r['train_seconds']:.1f}",
+            f"{r['seconds']:.2f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        mt = r["metrics"]
-        lines.append(
-            f"| {r['name']} | {mt['frame_acc']:.3f} | {mt['span_iou']:.3f} | {r['train_seconds']:.1f} | {r['seconds']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, body)
 
 
 def _plot_timelines(clips: list[Any], examples: dict[str, list[np.ndarray]], path: Path) -> None:

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from alignfuse.losses.token_wise import _check_tokens
+
 
 def check_items(x: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor:
     """Validate a batch of token sequences ``(N, L, d)`` and return its boolean mask."""
     if not isinstance(x, torch.Tensor) or x.ndim != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a tensor (N, L, d), got {shape}")
-    if 0 in x.shape:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
-    if not x.is_floating_point():
+    if 0 not in x.shape and not x.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf")
-    if mask is None:
-        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    if tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(
-            f"mask of {name} must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}"
-        )
-    mask = mask.to(device=x.device, dtype=torch.bool)
-    if not mask.any(1).all():
-        raise ValueError(f"mask of {name} masks every token of some item")
-    return mask
+    # emptiness, NaN / Inf and the mask: the token-level losses' check
+    return _check_tokens(x, mask, name)
 
 
 def check_pair(
