@@ -10,6 +10,7 @@ from alignfuse.interaction import DIME, IMRAM, SCAN, LateInteraction, scan_simil
 
 def naive_scan(v, e, direction, aggregation, l1, l2, vm=None, em=None, eps=1e-8):
     """Every pair, every query token, explicit attended vectors (Lee et al. 2018, eqs. 1-4)."""
+    v, e = v.detach(), e.detach()
     out = torch.zeros(v.shape[0], e.shape[0], dtype=v.dtype)
     for a in range(v.shape[0]):
         for b in range(e.shape[0]):
@@ -37,9 +38,11 @@ def naive_scan(v, e, direction, aggregation, l1, l2, vm=None, em=None, eps=1e-8)
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 @pytest.mark.parametrize("aggregation", ["lse", "avg"])
-def test_scan_equals_the_naive_loop(direction, aggregation):
+@pytest.mark.parametrize("tracked", [False, True])
+def test_scan_equals_the_naive_loop(direction, aggregation, tracked):
+    # tracked: inputs that need grad take the autograd route (no workspace buffers)
     g = torch.Generator().manual_seed(0)
-    v = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(3, 5, 4, generator=g, dtype=torch.float64).requires_grad_(tracked)
     e = torch.randn(4, 6, 4, generator=g, dtype=torch.float64)
     vm = torch.ones(3, 5, dtype=torch.bool)
     vm[1, 3:] = False
@@ -61,6 +64,54 @@ def test_scan_equals_the_naive_loop(direction, aggregation):
     torch.testing.assert_close(
         full, naive_scan(v, e, direction, aggregation, scan.lambda_softmax, scan.lambda_lse)
     )
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_scan_float32_without_autograd_equals_the_naive_loop(direction):
+    # float32 scoring without autograd (evaluation) runs the region-word products through
+    # oneDNN (alignfuse._matmul); it must still equal the paper's equations
+    from alignfuse._matmul import uses_onednn
+
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(5, 7, 16, generator=g)
+    e = torch.randn(6, 4, 16, generator=g)
+    vm = torch.ones(5, 7, dtype=torch.bool)
+    vm[2, 4:] = False
+    em = torch.ones(6, 4, dtype=torch.bool)
+    em[0, 1:] = False
+    scan = SCAN(direction, "lse", chunk_images=2, chunk_captions=4)
+    l1, l2 = scan.lambda_softmax, scan.lambda_lse
+    with torch.no_grad():
+        if torch.backends.mkldnn.is_available():
+            assert uses_onednn(v[0], e[0])
+        got = scan(v, e, vm, em)
+        full = scan(v, e)
+    assert got.dtype == torch.float32
+    ref = naive_scan(v.double(), e.double(), direction, "lse", l1, l2, vm, em)
+    torch.testing.assert_close(got.double(), ref, atol=2e-6, rtol=0)
+    ref = naive_scan(v.double(), e.double(), direction, "lse", l1, l2)
+    torch.testing.assert_close(full.double(), ref, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+@pytest.mark.parametrize("leaky", [0.0, 0.1])
+def test_scan_workspace_route_equals_the_autograd_route(direction, leaky):
+    # scoring without autograd writes the block intermediates into reused buffers; with the
+    # authors' leaky clipping, padding on both sides and uneven last chunks it must give the
+    # autograd route's scores
+    g = torch.Generator().manual_seed(2)
+    v = torch.randn(7, 5, 8, generator=g, dtype=torch.float64)
+    e = torch.randn(9, 4, 8, generator=g, dtype=torch.float64)
+    vm = torch.rand(7, 5, generator=g) > 0.3
+    vm[:, 0] = True
+    em = torch.rand(9, 4, generator=g) > 0.3
+    em[:, 0] = True
+    scan = SCAN(direction, "lse", leaky=leaky, chunk_images=3, chunk_captions=4)
+    with torch.no_grad():
+        fast = scan(v, e, vm, em)
+    tracked = scan(v.clone().requires_grad_(True), e, vm, em)
+    assert tracked.requires_grad
+    torch.testing.assert_close(fast, tracked.detach(), atol=1e-12, rtol=0)
 
 
 def test_scan_gradients_and_functional_form():

@@ -15,8 +15,10 @@ Aggregation: ``lse``: ``(1 / lambda_2) log sum exp(lambda_2 R)``; ``avg``: the m
 The attended vectors are never formed: ``e_j . a_j = sum_i alpha_ij (e_j . v_i)`` reuses the
 dot products and ``|a_j|^2 = alpha_j^T G alpha_j`` with the image's ``R x R`` region Gram
 matrix ``G``, so after the one large product of all regions with all words the cost per
-image-caption pair is ``O(W R^2)`` instead of ``O(W R d)``. Memory: one unit-normalised
-copy of the inputs (made once) plus intermediates bounded by the chunk sizes.
+image-caption pair is ``O(W R^2)`` instead of ``O(W R d)``. In float32 without autograd on
+the CPU that product runs through oneDNN (:mod:`alignfuse._matmul`). Memory: one
+unit-normalised copy of the inputs (made once) plus intermediates bounded by the chunk
+sizes; without autograd these go into two buffers of one block's size made once per call.
 
 Example:
     >>> import torch
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignfuse._matmul import mm_nt
 from alignfuse.interaction._common import check_pair
 from alignfuse.registry import INTERACTIONS
 
@@ -63,9 +66,10 @@ class SCAN(nn.Module):
         lambda_lse: LSE pooling sharpness (paper: 6 for t2i, 5 for i2t).
         leaky: slope of the clipping below zero (0: ``[.]_+`` as in the paper; the authors'
             code uses 0.1).
-        chunk_images, chunk_captions: block sizes of the scoring; small blocks keep the
-            ``(captions, words, images, regions)`` intermediates in cache (16 x 64 measured
-            fastest here, ``benchmarks/bench_scan.py``).
+        chunk_images, chunk_captions: block sizes of the scoring; each block's
+            intermediates hold ``chunk_images x R x chunk_captions x W`` values (16 x 64:
+            1.8 MB at 36 regions and 12 words; 16 x 64 to 32 x 64 measured fastest here,
+            ``benchmarks/bench_scan.py``).
     """
 
     def __init__(
@@ -119,49 +123,92 @@ class SCAN(nn.Module):
         img = _Side(regions, rm, context=self.direction == "t2i")
         cap = _Side(words, wm, context=self.direction == "i2t")
         out = regions.new_empty(regions.shape[0], words.shape[0])
+        tracked = torch.is_grad_enabled() and (regions.requires_grad or words.requires_grad)
+        # without autograd the block intermediates go into two buffers made once per call:
+        # fresh ~2 MB tensors per block cost a page fault per 4 KiB page each time (glibc
+        # returns freed heap tops to the system), 13 million faults and half the time of a
+        # first 1,000 x 5,000 call on the machine of BENCHMARKS.md
+        size = self.chunk_images * regions.shape[1] * self.chunk_captions * words.shape[1]
+        size = min(size, regions.shape[0] * regions.shape[1] * words.shape[0] * words.shape[1])
+        work = None if tracked else regions.new_empty(2, size)
+        t2i = self.direction == "t2i"
         for a in range(0, regions.shape[0], self.chunk_images):
             for b in range(0, words.shape[0], self.chunk_captions):
                 v = img.rows(a, a + self.chunk_images)
                 e = cap.rows(b, b + self.chunk_captions)
-                t2i = self.direction == "t2i"
-                block = self._attend(e, v).T if t2i else self._attend(v, e)
+                block = self._attend(e, v, work) if t2i else self._attend(v, e, work).T
                 out[a : a + self.chunk_images, b : b + self.chunk_captions] = block
         return out
 
-    def _attend(self, query: _Side, context: _Side) -> torch.Tensor:
-        """Query tokens attend to context tokens; returns (A, B) for A query items and B
-        context items."""
+    def _attend(self, query: _Side, context: _Side, work: torch.Tensor | None) -> torch.Tensor:
+        """Query tokens attend to context tokens; returns (B, A) for B context items and A
+        query items.
+
+        Intermediates are laid out ``(B, K, A, Q)`` (context item, context token, query item,
+        query token): the product of all context tokens with all query tokens lands in it
+        without a copy, the normalisation over query tokens reduces over the contiguous last
+        axis, and ``alpha^T G alpha`` is one batched product ``G_b @ alpha_b`` per context
+        item, again without a copy. ``work`` (two flat buffers; ``None`` under autograd)
+        receives the full-size intermediates."""
         qn, qm = query.unit, query.mask
         cn, cm, cnorm, gram = context.unit, context.mask, context.norm, context.gram
         assert cnorm is not None and gram is not None  # a context side carries both
         na, nq, d = qn.shape
         nb, nk, _ = cn.shape
-        # cosines of every query token with every context token: (A, Q, B, K)
-        s = (qn.reshape(na * nq, d) @ cn.reshape(nb * nk, d).T).view(na, nq, nb, nk)
-        padded = not (query.full and context.full)
-        valid = (qm[:, :, None, None] & cm[None, None, :, :]).to(s.dtype) if padded else None
-        # normalise the clipped cosines over the query tokens (words for t2i)
-        sn = _clip_norm(s, 1, self.leaky, valid, self.eps)
-        logits = self.lambda_softmax * sn
-        if not context.full:
-            logits = logits.masked_fill(~cm[None, None, :, :], float("-inf"))
-        alpha = torch.softmax(logits, dim=-1)  # over context tokens
+        shape = (nb, nk, na, nq)
+        n = nb * nk * na * nq
+        w0, w1 = (
+            (None, None) if work is None else (work[0, :n].view(shape), work[1, :n].view(shape))
+        )
+        # cosines of every context token with every query token: (B, K, A, Q)
+        s = mm_nt(cn.reshape(nb * nk, d), qn.reshape(na * nq, d)).view(shape)
+        # lambda_1 times the clipped cosines normalised over the query tokens (words for t2i)
+        c = _clip(s, self.leaky, out=w0)
+        if not (query.full and context.full):  # zero the padding
+            c = torch.mul(c, cm[:, :, None, None], out=w0)
+            c = torch.mul(c, qm[None, None], out=w0)
+        # the root of the clamped sum of squares has a zero (not NaN) gradient at an all-zero
+        # column, and is ~100x faster than torch.linalg.vector_norm over a middle dimension
+        sq = torch.mul(c, c, out=w1).sum(3, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+        logits = torch.mul(c, self.lambda_softmax / (sq.sqrt() + self.eps), out=w0)
+        if not context.full:  # padded context tokens get no attention
+            bias = torch.zeros_like(cnorm).masked_fill(~cm, float("-inf"))
+            logits = torch.add(logits, bias[:, :, None, None], out=w0)
+        # over context tokens
+        if w1 is None:
+            alpha = torch.softmax(logits, dim=1)
+        else:
+            alpha = torch._softmax(logits, 1, False, out=w1)
         # e_j . a_j = sum_i alpha_ij |c_i| cos(q_j, c_i) (cosine is scale-free in q_j)
-        num = (alpha * s * cnorm[None, None]).sum(-1)  # (A, Q, B)
+        num = torch.mul(torch.mul(alpha, s, out=w0), cnorm[:, :, None, None], out=w0).sum(1)
         # |a_j|^2 = alpha_j^T G alpha_j with the context Gram matrix G (B, K, K)
-        ga = torch.einsum("bkl,aqbl->aqbk", gram, alpha)
-        den = (ga * alpha).sum(-1).clamp_min(self.eps).sqrt()
-        r = num / den  # (A, Q, B): relevance of each query token
-        qmask = qm[:, :, None]
+        flat = (nb, nk, na * nq)
+        ga = torch.bmm(gram, alpha.view(flat), out=None if w0 is None else w0.view(flat))
+        den = torch.mul(ga.view(shape), alpha, out=w0).sum(1).clamp_min(self.eps).sqrt()
+        r = num / den  # (B, A, Q): relevance of each query token
+        qmask = qm[None]
         if self.aggregation == "avg":
-            avg: torch.Tensor = (r * qmask).sum(1) / qmask.sum(1)
+            avg: torch.Tensor = (r * qmask).sum(2) / qmask.sum(2)
             return avg
         z = self.lambda_lse * r
         if not query.full:
             z = z.masked_fill(~qmask, float("-inf"))
-        lse = torch.logsumexp(z, dim=1)
+        # log-sum-exp about the row maximum, finite since every item has a real token (the
+        # inputs' check): torch.logsumexp's guards for infinite maxima cost more than the rest
+        m = z.amax(2, keepdim=True)
+        lse = (z - m).exp().sum(2).log() + m.squeeze(2)
         out: torch.Tensor = lse / self.lambda_lse
         return out
+
+
+def _clip(s: torch.Tensor, leaky: float, out: torch.Tensor | None) -> torch.Tensor:
+    """``[s]_+`` (``leaky`` = 0) or the leaky ReLU of ``s``, into ``out`` if given."""
+    if leaky > 0:
+        if out is None:
+            return F.leaky_relu(s, leaky)
+        clipped: torch.Tensor = torch._C._nn.leaky_relu(s, leaky, out=out)
+        return clipped
+    return torch.clamp_min(s, 0, out=out)
 
 
 class _Side:

@@ -1,0 +1,40 @@
+"""oneDNN's float32 ``a @ b.T`` (the region-word products of SCAN) against plain products."""
+
+import pytest
+import torch
+
+from alignfuse._matmul import mm_nt, uses_onednn
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (7, 5, 3), (300, 200, 129)])
+def test_mm_nt_equals_matmul(m, n, k):
+    g = torch.Generator().manual_seed(m)
+    a, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    want = (a.double() @ b.double().T).float()
+    with torch.no_grad():
+        torch.testing.assert_close(mm_nt(a, b), want, rtol=1e-5, atol=1e-5)
+        # views (a row slice of a larger matrix, a transposed copy) give the same
+        torch.testing.assert_close(mm_nt(a[1:], b), want[1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mm_nt(a.double(), b.double()), a.double() @ b.double().T)
+
+
+def test_mm_nt_uses_onednn_only_without_autograd():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    a, b = torch.randn(6, 4), torch.randn(3, 4)
+    assert uses_onednn(a, b)  # nothing requires grad
+    assert not uses_onednn(a.double(), b.double())  # oneDNN has no float64 product
+    assert not uses_onednn(a.bfloat16(), b.bfloat16())
+    torch.backends.mkldnn.enabled = False
+    try:
+        assert not uses_onednn(a, b)
+    finally:
+        torch.backends.mkldnn.enabled = True
+    w = a.clone().requires_grad_(True)
+    assert not uses_onednn(w, b)
+    with torch.no_grad():
+        assert uses_onednn(w, b)
+    # the autograd route gives the true gradient (oneDNN's op has none)
+    mm_nt(w, b).sum().backward()
+    assert w.grad is not None
+    torch.testing.assert_close(w.grad, b.sum(0).expand(6, 4))
