@@ -200,6 +200,10 @@ def test_filip_scorer_is_mean_of_best_matches():
     torch.testing.assert_close(LateInteraction("i2t")(v, e), i2t)
     torch.testing.assert_close(LateInteraction("t2i")(v, e), t2i)
     torch.testing.assert_close(LateInteraction("both")(v, e), (i2t + t2i) / 2)
+    # float32 without autograd: the token products run through oneDNN (alignfuse._matmul)
+    with torch.no_grad():
+        got = LateInteraction("i2t")(v.float(), e.float())
+    torch.testing.assert_close(got.double(), i2t, atol=1e-6, rtol=0)
 
 
 def test_dime_routes_are_distributions_and_it_learns():

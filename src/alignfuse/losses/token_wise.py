@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignfuse._matmul import mm_nt
 from alignfuse.losses._common import reduce
 from alignfuse.losses.info_nce import DEFAULT_LOGIT_SCALE
 from alignfuse.outputs import LossOutput
@@ -70,17 +71,21 @@ def token_wise_similarity(
         raise ValueError(f"x and y differ in width: {x.shape[2]} vs {y.shape[2]}")
     x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
     neg = torch.finfo(x.dtype).min
+    (nx, lx, d), ly = x.shape, y.shape[1]
+    padded = not (bool(mx.all()) and bool(my.all()))
+    wx = mx[:, :, None].to(x.dtype)  # (N_x, L_x, 1)
     sa, sb = [], []
     for start in range(0, y.shape[0], chunk):
         yc, myc = y[start : start + chunk], my[start : start + chunk]
-        t = torch.einsum("ikd,jrd->ijkr", x, yc)  # (N_x, c, L_x, L_y)
-        pair = mx[:, None, :, None] & myc[None, :, None, :]
-        t = t.masked_fill(~pair, neg)
-        best_for_x = t.max(3).values  # (N_x, c, L_x)
-        best_for_y = t.max(2).values  # (N_x, c, L_y)
-        wx = mx[:, None, :].to(x.dtype)
-        wy = myc[None, :, :].to(x.dtype)
-        sa.append((best_for_x * wx).sum(2) / wx.sum(2))
+        # every token of x against every token of the chunk, laid out as the product gives
+        # it (no permuted copy): (N_x, L_x, c, L_y); oneDNN in float32 without autograd
+        t = mm_nt(x.reshape(nx * lx, d), yc.reshape(-1, d)).view(nx, lx, yc.shape[0], ly)
+        if padded:
+            t = t.masked_fill(~(mx[:, :, None, None] & myc[None, None]), neg)
+        best_for_x = t.max(3).values  # (N_x, L_x, c)
+        best_for_y = t.max(1).values  # (N_x, c, L_y)
+        wy = myc[None].to(x.dtype)  # (1, c, L_y)
+        sa.append((best_for_x * wx).sum(1) / wx.sum(1))
         sb.append((best_for_y * wy).sum(2) / wy.sum(2))
     return torch.cat(sa, 1), torch.cat(sb, 1)
 
