@@ -13,8 +13,12 @@ def test_mm_nt_equals_matmul(m, n, k):
     want = (a.double() @ b.double().T).float()
     with torch.no_grad():
         torch.testing.assert_close(mm_nt(a, b), want, rtol=1e-5, atol=1e-5)
-        # views (a row slice of a larger matrix, a transposed copy) give the same
+        # views (a row slice, a transposed matrix, a strided column slice) give the same
         torch.testing.assert_close(mm_nt(a[1:], b), want[1:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mm_nt(a.T.contiguous().T, b), want, rtol=1e-5, atol=1e-5)
+        wide = torch.randn(n, 2 * k, generator=g)
+        want_wide = (a.double() @ wide[:, ::2].double().T).float()
+        torch.testing.assert_close(mm_nt(a, wide[:, ::2]), want_wide, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mm_nt(a.double(), b.double()), a.double() @ b.double().T)
 
 

@@ -55,6 +55,7 @@ def uses_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
 def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` for ``a (m, k)`` and ``b (n, k)``; oneDNN when :func:`uses_onednn`."""
     if uses_onednn(a, b):
+        a, b = a.contiguous(), b.contiguous()  # no copy when already row-major
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
         return out
     return a @ b.T
