@@ -45,14 +45,30 @@ def _clip_norm(
     s: torch.Tensor, dim: int, leaky: float, valid: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
     """Clip, zero the padding (``valid``; ``None``: no padding), normalise over ``dim``."""
-    s = F.leaky_relu(s, leaky) if leaky > 0 else s.clamp_min(0)
+    s = _clip(s, leaky, out=None)
     if valid is not None:
         s = s * valid
-    # the root of the clamped sum of squares has a zero (not NaN) gradient at an all-zero
-    # column, and is ~100x faster than torch.linalg.vector_norm over a middle dimension
-    sq = s.square().sum(dim, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
-    out: torch.Tensor = s / (sq.sqrt() + eps)
+    out: torch.Tensor = s / _norm_over(s, dim, eps, out=None)
     return out
+
+
+def _clip(s: torch.Tensor, leaky: float, out: torch.Tensor | None) -> torch.Tensor:
+    """``[s]_+`` (``leaky`` = 0) or the leaky ReLU of ``s``, into ``out`` if given."""
+    if leaky > 0:
+        if out is None:
+            return F.leaky_relu(s, leaky)
+        clipped: torch.Tensor = torch._C._nn.leaky_relu(s, leaky, out=out)
+        return clipped
+    return torch.clamp_min(s, 0, out=out)
+
+
+def _norm_over(s: torch.Tensor, dim: int, eps: float, out: torch.Tensor | None) -> torch.Tensor:
+    """``sqrt(sum s^2 over dim) + eps`` (the authors' ``l2norm``), the squares into ``out`` if
+    given. The root of the clamped sum of squares has a zero (not NaN) gradient at an
+    all-zero column, and is ~100x faster than torch.linalg.vector_norm over a middle
+    dimension."""
+    sq = torch.mul(s, s, out=out).sum(dim, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+    return sq.sqrt() + eps
 
 
 @INTERACTIONS.register("scan")
@@ -167,10 +183,7 @@ class SCAN(nn.Module):
         if not (query.full and context.full):  # zero the padding
             c = torch.mul(c, cm[:, :, None, None], out=w0)
             c = torch.mul(c, qm[None, None], out=w0)
-        # the root of the clamped sum of squares has a zero (not NaN) gradient at an all-zero
-        # column, and is ~100x faster than torch.linalg.vector_norm over a middle dimension
-        sq = torch.mul(c, c, out=w1).sum(3, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
-        logits = torch.mul(c, self.lambda_softmax / (sq.sqrt() + self.eps), out=w0)
+        logits = torch.mul(c, self.lambda_softmax / _norm_over(c, 3, self.eps, out=w1), out=w0)
         if not context.full:  # padded context tokens get no attention
             bias = torch.zeros_like(cnorm).masked_fill(~cm, float("-inf"))
             logits = torch.add(logits, bias[:, :, None, None], out=w0)
@@ -199,16 +212,6 @@ class SCAN(nn.Module):
         lse = (z - m).exp().sum(2).log() + m.squeeze(2)
         out: torch.Tensor = lse / self.lambda_lse
         return out
-
-
-def _clip(s: torch.Tensor, leaky: float, out: torch.Tensor | None) -> torch.Tensor:
-    """``[s]_+`` (``leaky`` = 0) or the leaky ReLU of ``s``, into ``out`` if given."""
-    if leaky > 0:
-        if out is None:
-            return F.leaky_relu(s, leaky)
-        clipped: torch.Tensor = torch._C._nn.leaky_relu(s, leaky, out=out)
-        return clipped
-    return torch.clamp_min(s, 0, out=out)
 
 
 class _Side:
