@@ -42,3 +42,16 @@ def test_mm_nt_uses_onednn_only_without_autograd():
     mm_nt(w, b).sum().backward()
     assert w.grad is not None
     torch.testing.assert_close(w.grad, b.sum(0).expand(6, 4))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (torch.randn(3, 4), torch.randn(2, 5)),
+        (torch.randn(3, 4, 1), torch.randn(2, 4)),
+        (torch.randn(4), torch.randn(2, 4)),
+    ],
+)
+def test_mm_nt_names_mismatched_operands(a, b):
+    with torch.no_grad(), pytest.raises(ValueError, match=r"a \(m, k\) and b \(n, k\)"):
+        mm_nt(a, b)

@@ -54,6 +54,10 @@ def uses_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` for ``a (m, k)`` and ``b (n, k)``; oneDNN when :func:`uses_onednn`."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"mm_nt needs a (m, k) and b (n, k), got a {tuple(a.shape)} and b {tuple(b.shape)}"
+        )
     if uses_onednn(a, b):
         a, b = a.contiguous(), b.contiguous()  # no copy when already row-major
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
