@@ -3,6 +3,11 @@
     python benchmarks/bench_cca.py                # X 20,000 x 256, Y 20,000 x 128, 32 components
     python benchmarks/bench_cca.py --kcca-n 100000
 
+numpy's OpenBLAS picks its kernels by processor unless OPENBLAS_CORETYPE names one: on a
+machine that pins an older kernel (here: Haswell), run it with both overrides unset in that
+command alone, ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/...``; the
+kernel in use is printed first. Both libraries run on the same numpy.
+
 scikit-learn's CCA (iterative NIPALS) runs with its defaults (max_iter=500, tol=1e-6) and
 scale=False; the canonical correlations of both are printed side by side.
 """
@@ -26,6 +31,24 @@ def views(n: int, p: int, q: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return x, y
 
 
+def blas_kernels() -> str:
+    """numpy's BLAS library, its kernel (architecture) and thread count, via threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    found = [
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} kernels, "
+        f"{i.get('num_threads')} threads"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")
+    ]
+    overrides = {
+        k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ
+    }
+    return "; ".join(found or ["not found"]) + (f" (set here: {overrides})" if overrides else "")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=20_000)
@@ -37,6 +60,7 @@ def main() -> None:
     from alignfuse.correlation import CCA, KCCA
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores")
+    print(f"numpy {np.__version__}, BLAS: {blas_kernels()}")
     x, y = views(args.n, 256, 128)
     t0 = time.perf_counter()
     ours = CCA(n_components=args.k).fit(x, y)

@@ -184,6 +184,34 @@ def test_bad_inputs(est):
         est.transform(X[:, :3])
 
 
+def test_column_means_match_exact_sums_and_catch_every_non_finite():
+    import math
+
+    from alignfuse.correlation._base import finite_column_means
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(loc=5.0, size=(3001, 7))
+    exact = np.array([math.fsum(c) for c in a.T]) / len(a)
+    for t in (
+        torch.from_numpy(a),
+        torch.from_numpy(np.asfortranarray(a)),  # strided: not row-major
+        torch.from_numpy(a.astype(np.float32)),
+    ):
+        tol = 1e-13 if t.dtype == torch.float64 else 1e-5
+        assert finite_column_means(t, "X").dtype == t.dtype
+        assert np.allclose(finite_column_means(t, "X").numpy(), exact, rtol=tol, atol=0)
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[1234, 5] = bad
+        with pytest.raises(ValueError, match="Z contains NaN or Inf"):
+            finite_column_means(torch.from_numpy(b), "Z")
+    # +Inf and -Inf in one column sum to NaN
+    b = a.copy()
+    b[0, 0], b[1, 0] = np.inf, -np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        finite_column_means(torch.from_numpy(b), "Z")
+
+
 def test_rank_deficiency_is_a_clear_error_not_nan():
     X, Y = _views()
     X = np.hstack([X, X[:, :1]])  # duplicated column

@@ -53,11 +53,16 @@ def finite_column_means(t: torch.Tensor, name: str) -> torch.Tensor:
 def column_sums(t: torch.Tensor) -> torch.Tensor:
     """``t.sum(0)``; on the CPU by numpy. A torch reduction wakes torch's OpenMP threads,
     which then spin for some milliseconds and slow the numpy (OpenBLAS) products that follow
-    in the correlation estimators by ~10 ms on 2 cores; numpy's reduction runs on the
-    calling thread."""
+    in the correlation estimators by ~10 ms on 2 cores. float64 sums are one BLAS product
+    with a vector of ones (on BLAS's threads: 2 ms instead of 3 ms for 20,000 x 256 on the
+    machine of BENCHMARKS.md); float32 keeps numpy's pairwise sum, whose rounding error
+    grows with ``log n`` rather than ``n``."""
     if t.device.type != "cpu" or t.requires_grad or t.dtype not in (torch.float32, torch.float64):
         return t.sum(0)
-    return torch.from_numpy(np.asarray(t.numpy().sum(0)))
+    a = t.numpy()
+    if t.dtype == torch.float64:
+        return torch.from_numpy(np.ones(a.shape[0]) @ a)
+    return torch.from_numpy(np.asarray(a.sum(0)))
 
 
 def as_output(t: torch.Tensor, was_numpy: bool) -> Array:
