@@ -212,6 +212,22 @@ def test_column_means_match_exact_sums_and_catch_every_non_finite():
         finite_column_means(torch.from_numpy(b), "Z")
 
 
+@pytest.mark.parametrize("m", [1, 5, 32, 33, 100, 257])
+def test_recursive_lower_triangular_inverse_matches_a_triangular_solve(m):
+    from scipy.linalg import solve_triangular
+
+    from alignfuse.correlation.cca import _inv_lower
+
+    rng = np.random.default_rng(m)
+    a = rng.normal(size=(3 * m, m))
+    lo = np.linalg.cholesky(a.T @ a)
+    inv = _inv_lower(lo)
+    assert np.array_equal(inv, np.tril(inv))
+    ref = solve_triangular(lo, np.eye(m), lower=True)
+    assert np.abs(inv - ref).max() <= 1e-12 * np.abs(ref).max()
+    assert np.abs(inv @ lo - np.eye(m)).max() < 1e-12
+
+
 def test_rank_deficiency_is_a_clear_error_not_nan():
     X, Y = _views()
     X = np.hstack([X, X[:, :1]])  # duplicated column
