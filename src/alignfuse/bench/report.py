@@ -77,6 +77,29 @@ def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DIAGNOSTICS: list[tuple[str, str]] = [
+    ("i2t mAP", "test/i2t_map"),
+    ("t2i mAP", "test/t2i_map"),
+    ("modality gap", "test/modality_gap"),
+    ("alignment", "test/alignment"),
+    ("uniformity (image)", "test/uniformity_image"),
+    ("uniformity (text)", "test/uniformity_text"),
+]
+
+
+def diagnostics_markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of each experiment's test mAP and embedding diagnostics."""
+    head = ["model", *[c[0] for c in DIAGNOSTICS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        m = r["metrics"]
+        cells = [f"{m[key]:.3f}" if key in m else "-" for _, key in DIAGNOSTICS]
+        lines.append("| " + " | ".join([r["name"], *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_leaderboard(rows: list[dict[str, Any]], path: Path) -> str:
     """Write and return the leaderboard markdown."""
     text = leaderboard_markdown(rows)
@@ -182,6 +205,17 @@ def write_report(
         "## Leaderboard (test split; recalls in %)",
         "",
         leaderboard_markdown(rows),
+    ]
+    parts += [
+        "## Embedding diagnostics (test split)",
+        "",
+        "Mean average precision both ways; the distance between the centres of the two "
+        "modalities' unit embeddings (Liang et al. 2022); alignment, the mean squared distance "
+        "of a caption to its image, and uniformity, log E exp(-2 d^2) over pairs of one "
+        "modality (Wang & Isola 2020; lower is better for both; about -4 for points spread "
+        "uniformly over a high-dimensional sphere).",
+        "",
+        diagnostics_markdown(rows),
     ]
     if ceiling is not None:
         parts += [

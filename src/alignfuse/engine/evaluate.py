@@ -9,7 +9,13 @@ import numpy as np
 import torch
 
 from alignfuse.data.base import ImageTextData, ImageTextSplit
-from alignfuse.metrics import hard_negative_accuracy, retrieval_metrics, winoground_scores
+from alignfuse.metrics import (
+    hard_negative_accuracy,
+    retrieval_map,
+    retrieval_metrics,
+    winoground_scores,
+)
+from alignfuse.metrics.diagnostics import embedding_diagnostics
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -47,7 +53,8 @@ def embed_texts(model: Any, texts: Sequence[str], batch_size: int = 256) -> torc
 
 
 def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> dict[str, Any]:
-    """Retrieval metrics (and hard-negative accuracy where the split has negatives)."""
+    """Retrieval metrics (R@K, ranks, mAP), embedding diagnostics (modality gap, alignment,
+    uniformity) and hard-negative accuracy where the split has negatives."""
     was_training = model.training
     model.eval()
     try:
@@ -56,6 +63,8 @@ def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> 
         txt = embed_texts(model, texts, batch_size)
         sims = img @ txt.T
         out: dict[str, Any] = retrieval_metrics(sims, torch.from_numpy(owner))
+        out.update(retrieval_map(sims, torch.from_numpy(owner)))
+        out.update(embedding_diagnostics(img, txt, torch.from_numpy(owner)))
         negs = split.extras.get("negatives")
         if negs:
             pos_idx = np.cumsum([0] + [len(c) for c in split.captions[:-1]])

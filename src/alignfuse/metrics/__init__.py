@@ -1,6 +1,25 @@
-"""The field's metrics: retrieval and compositional probes."""
+"""The field's metrics: retrieval, compositional probes, classification, captioning and
+representation diagnostics."""
 
+from alignfuse.metrics.captioning import bleu, cider, rouge_l
+from alignfuse.metrics.classification import f1_scores, roc_auc
 from alignfuse.metrics.compositional import hard_negative_accuracy, winoground_scores
-from alignfuse.metrics.retrieval import retrieval_metrics, retrieval_ranks
+from alignfuse.metrics.diagnostics import alignment, cka, modality_gap, uniformity
+from alignfuse.metrics.retrieval import retrieval_map, retrieval_metrics, retrieval_ranks
 
-__all__ = ["hard_negative_accuracy", "retrieval_metrics", "retrieval_ranks", "winoground_scores"]
+__all__ = [
+    "alignment",
+    "bleu",
+    "cider",
+    "cka",
+    "f1_scores",
+    "hard_negative_accuracy",
+    "modality_gap",
+    "retrieval_map",
+    "retrieval_metrics",
+    "retrieval_ranks",
+    "roc_auc",
+    "rouge_l",
+    "uniformity",
+    "winoground_scores",
+]

@@ -18,18 +18,19 @@ def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
 
 
-def retrieval_ranks(
-    sims: torch.Tensor | np.ndarray, owner: torch.Tensor | np.ndarray, chunk: int = 1024
-) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks: image-to-text ``(N_images,)`` and text-to-image ``(N_texts,)``.
-
-    Computed in chunks of rows so memory stays at ``chunk x N`` beyond the input.
-    """
+def _checked(
+    sims: torch.Tensor | np.ndarray, owner: torch.Tensor | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sims (N_images, N_texts)`` finite, ``owner (N_texts,)`` long on its device, every
+    image owning at least one text."""
     s = _as_tensor(sims)
-    own = _as_tensor(owner).to(device=s.device, dtype=torch.long)
     if s.ndim != 2:
         raise ValueError(f"sims must be (N_images, N_texts), got {tuple(s.shape)}")
     n_img, n_txt = s.shape
+    own = _as_tensor(owner)
+    if own.is_floating_point() or own.dtype == torch.bool:
+        raise ValueError(f"owner must hold integer image indices, got dtype {own.dtype}")
+    own = own.to(device=s.device, dtype=torch.long)
     if own.shape != (n_txt,):
         raise ValueError(f"owner must have shape ({n_txt},), got {tuple(own.shape)}")
     if n_img == 0 or n_txt == 0:
@@ -41,6 +42,18 @@ def retrieval_ranks(
     counts = torch.bincount(own, minlength=n_img)
     if (counts == 0).any():
         raise ValueError(f"image {int((counts == 0).nonzero()[0])} has no caption in owner")
+    return s, own
+
+
+def retrieval_ranks(
+    sims: torch.Tensor | np.ndarray, owner: torch.Tensor | np.ndarray, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks: image-to-text ``(N_images,)`` and text-to-image ``(N_texts,)``.
+
+    Computed in chunks of rows so memory stays at ``chunk x N`` beyond the input.
+    """
+    s, own = _checked(sims, owner)
+    n_img, n_txt = s.shape
     i2t = torch.empty(n_img, dtype=torch.long, device=s.device)
     for start in range(0, n_img, chunk):
         block = s[start : start + chunk]
@@ -91,3 +104,46 @@ def retrieval_metrics(
     out["i2t_meanr"] = float(i2t.mean())
     out["t2i_meanr"] = float(t2i.mean())
     return out
+
+
+def average_precision_rows(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Average precision of each row of ``scores (R, M)`` against the boolean ``positive``
+    mask (every row with at least one positive): the mean over its positives ``j`` of
+    ``#(positives scoring >= s_j) / #(items scoring >= s_j)``. That is the area under the
+    step precision-recall curve with tied scores taken as one threshold, as
+    scikit-learn's ``average_precision_score``."""
+    m = scores.shape[1]
+    ascending = scores.sort(1).values
+    pos_only = scores.masked_fill(~positive, float("-inf")).sort(1).values
+    at_least = m - torch.searchsorted(ascending, scores.contiguous(), side="left")
+    pos_at_least = m - torch.searchsorted(pos_only, scores.contiguous(), side="left")
+    precision = pos_at_least.to(scores.dtype) / at_least.to(scores.dtype)
+    return (precision * positive).sum(1) / positive.sum(1)
+
+
+@METRICS.register("retrieval_map")
+def retrieval_map(
+    sims: torch.Tensor | np.ndarray, owner: torch.Tensor | np.ndarray, chunk: int = 1024
+) -> dict[str, float]:
+    """Mean average precision both ways: ``i2t_map`` (each image's positives are all its
+    captions) and ``t2i_map`` (one positive image per caption: ``1 / rank``, with the
+    ranks of :func:`retrieval_ranks`). Chunked over rows (memory ``chunk x N``).
+
+    Example:
+        >>> sims = torch.tensor([[0.9, 0.5, 0.2], [0.3, 0.8, 0.7]])
+        >>> m = retrieval_map(sims, torch.tensor([0, 1, 0]))  # image 0 owns texts 0 and 2
+        >>> round(m["i2t_map"], 4), round(m["t2i_map"], 4)  # ((1 + 2/3) / 2 + 1) / 2
+        (0.9167, 0.8333)
+    """
+    s, own = _checked(sims, owner)
+    s = s.to(torch.float64)
+    n_img = s.shape[0]
+    i2t = []
+    for start in range(0, n_img, chunk):
+        rows = torch.arange(start, min(start + chunk, n_img), device=s.device)
+        i2t.append(average_precision_rows(s[rows], own[None, :] == rows[:, None]))
+    _, t2i_rank = retrieval_ranks(s, own, chunk)
+    return {
+        "i2t_map": float(torch.cat(i2t).mean()),
+        "t2i_map": float((1.0 / t2i_rank).mean()),
+    }
