@@ -50,7 +50,7 @@ def alignment(a: Any, b: Any, alpha: float = 2.0, normalize: bool = True) -> flo
 
 
 @METRICS.register("uniformity")
-def uniformity(x: Any, t: float = 2.0, normalize: bool = True, chunk: int = 2048) -> float:
+def uniformity(x: Any, t: float = 2.0, normalize: bool = True, chunk: int = 1024) -> float:
     """``log`` of the mean of ``exp(-t ||x_i - x_j||^2)`` over all pairs ``i < j``; lower is
     more uniform. On the unit sphere it lies in ``[-2 t N / (N - 1), 0]`` (Jensen's
     inequality; 0 for a collapsed embedding, about ``-2 t`` for many points spread uniformly
@@ -76,10 +76,11 @@ def uniformity(x: Any, t: float = 2.0, normalize: bool = True, chunk: int = 2048
     parts = []
     for start in range(0, n - 1, chunk):
         rows = cols[start : start + chunk]
-        d2 = (sq[rows, None] + sq[None, :] - 2.0 * (z[rows] @ z.T)).clamp_min(0.0)
-        upper = cols[None, :] > rows[:, None]
-        parts.append(torch.logsumexp((-t * d2)[upper], dim=0))
-    total = torch.logsumexp(torch.stack(parts), dim=0)
+        # -t * squared distances, in place in the one (chunk, N) block
+        e = (z[rows] @ z.T).mul_(2.0).sub_(sq[rows, None]).sub_(sq[None, :]).clamp_(max=0.0)
+        e.mul_(t).masked_fill_(cols[None, :] <= rows[:, None], float("-inf"))
+        parts.append(torch.logsumexp(e, dim=1))
+    total = torch.logsumexp(torch.cat(parts), dim=0)
     return float(total) - math.log(n * (n - 1) / 2)
 
 
