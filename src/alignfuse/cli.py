@@ -70,9 +70,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from alignfuse.bench.runner import run_experiment
     from alignfuse.config import load_config
-    from alignfuse.engine import load_data
+    from alignfuse.distributed import init_from_env
+    from alignfuse.engine import Trainer, load_data
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -80,10 +83,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise AlignfuseError(
             f"{out} already holds a checkpoint: pass --resume to continue it, or --out elsewhere"
         )
-    data = load_data(cfg)
-    row, _, _ = run_experiment(cfg, data, out, progress=None if not args.no_progress else False)
-    print(json.dumps(row["metrics"], indent=1))
-    return 0
+    # under torchrun: rank 0 builds (and caches) the data first, the others then read it
+    rank = init_from_env(cfg.train.device)
+    try:
+        if rank > 0:
+            dist.barrier()
+        data = load_data(cfg)
+        if rank == 0 and dist.is_initialized():
+            dist.barrier()
+        progress = None if not args.no_progress else False
+        if rank > 0:  # trains its slices; rank 0 evaluates and reports
+            Trainer(cfg, data, out, progress=False).fit(resume=True)
+            return 0
+        row, _, _ = run_experiment(cfg, data, out, progress=progress)
+        print(json.dumps(row["metrics"], indent=1))
+        return 0
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

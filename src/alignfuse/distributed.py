@@ -17,6 +17,8 @@ Example (under ``torchrun --nproc_per_node 2``)::
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -37,3 +39,20 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     dist.all_gather(parts, x.detach().contiguous())
     parts[dist.get_rank()] = x
     return torch.cat(parts)
+
+
+def init_from_env(device: str = "auto") -> int:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` / ``MASTER_PORT``) and return this rank; a no-op
+    returning 0 for a single process or when already initialised. NCCL on CUDA (each
+    process on GPU ``LOCAL_RANK``), gloo on the CPU."""
+    if dist.is_initialized():
+        return int(dist.get_rank())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return int(dist.get_rank())

@@ -4,6 +4,15 @@ AdamW with linear warm-up then cosine decay; each epoch visits every image
 ``captions_per_image`` times, each time with another of its captions, in an order that is
 a pure function of ``(seed, epoch)`` so a resumed run replays exactly the batches an
 uninterrupted one would.
+
+Data parallel: when ``torch.distributed`` is initialised (``torchrun --nproc_per_node N
+-m alignfuse.cli train ...``), every rank takes its ``batch_size / N`` rows of each global
+batch, the embeddings are gathered (:func:`alignfuse.distributed.all_gather_with_grad`) so
+the loss is the full-batch loss, and the gradients are summed over ranks in one flat
+all-reduce before clipping and the optimiser step: each step equals the single-process step
+on the same global batch (up to float rounding; BatchNorm statistics are per rank, as in
+DDP without SyncBatchNorm). Rank 0 alone validates, logs, shows progress and writes
+checkpoints; every rank's RNG state is saved, so a resumed run replays the same steps.
 """
 
 from __future__ import annotations
@@ -19,11 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from alignfuse.config import ExperimentConfig, save_config
 from alignfuse.data.base import ImageTextData
+from alignfuse.distributed import all_gather_with_grad
 from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.engine.checkpoint import (
     flatten_optimizer,
@@ -120,8 +131,13 @@ class Trainer:
         self.cfg = cfg
         self.data = data
         self.run_dir = Path(run_dir)
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if distributed else 0
+        self.world = dist.get_world_size() if distributed else 1
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.progress = self.progress and self.rank == 0
+        say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = say if self.rank == 0 else (lambda msg: None)
         self.device = resolve_device(cfg.train.device)
         vocab = self.run_dir / "vocab.json"
         self.tokenizer = (
@@ -141,6 +157,18 @@ class Trainer:
             raise ConfigError(f"train.captions_per_image must be >= 1, got {k}")
         if cfg.train.batch_size < 2:
             raise ConfigError(f"train.batch_size must be >= 2, got {cfg.train.batch_size}")
+        if self.world > 1:
+            if cfg.train.batch_size % self.world:
+                raise ConfigError(
+                    f"train.batch_size={cfg.train.batch_size} must be a multiple of the "
+                    f"{self.world} processes (each takes an equal slice of a batch)"
+                )
+            if cfg.train.grad_cache_chunk:
+                raise ConfigError(
+                    "train.grad_cache_chunk is not supported with several processes: set it "
+                    "to null (each process already holds only its slice of a batch)"
+                )
+            self._broadcast_parameters()
         if cfg.train.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
         self.steps_per_epoch = max(1, (n_img * k) // cfg.train.batch_size)
@@ -156,6 +184,71 @@ class Trainer:
     def elapsed(self) -> float:
         """Seconds of training so far, across resumptions."""
         return self.train_seconds + time.perf_counter() - self._segment
+
+    # ------------------------------------------------------------------ data parallel
+
+    def _trained(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _broadcast_parameters(self) -> None:
+        """Every rank starts from rank 0's weights (they are seeded alike; this makes sure)."""
+        with torch.no_grad():
+            for t in [*self.model.state_dict().values(), *self.loss_fn.state_dict().values()]:
+                if t.is_floating_point():
+                    dist.broadcast(t, 0)
+
+    def _sum_gradients(self) -> None:
+        """Sum the gradients over ranks in one flat all-reduce. Each rank's backward reaches
+        the encoders through its own rows only, so the sum is the full-batch gradient; the
+        loss's own parameters (a temperature) see the whole gathered batch on every rank,
+        so theirs are averaged instead."""
+        params = self._trained()
+        loss_ids = {id(p) for p in self.loss_fn.parameters()}
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(params, grads, strict=True):
+            part = flat[offset : offset + g.numel()].view_as(g)
+            offset += g.numel()
+            p.grad = part / self.world if id(p) in loss_ids else part.clone()
+
+    def _rng_states(self) -> list[torch.Tensor]:
+        """Every rank's torch RNG state (rank order); just this one's in a single process."""
+        state = torch.get_rng_state()
+        if self.world == 1:
+            return [state]
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, state)
+        return [torch.as_tensor(x) for x in states]
+
+    def train_step(self, epoch: int, index: int, pairs: tuple[np.ndarray, np.ndarray]) -> float:
+        """Forward and backward of batch ``index`` of ``epoch``; leaves the full-batch
+        gradients (summed over ranks) in ``.grad`` and returns the loss."""
+        batch = self.batch(epoch, index, pairs)
+        self.optimizer.zero_grad(set_to_none=True)
+        chunk = self.cfg.train.grad_cache_chunk
+        if chunk:
+            out = grad_cache_step(self.model, self.loss_fn, batch["images"], batch["text"], chunk)
+        else:
+            a, b = self.model(batch["images"], batch["text"])
+            if self.world > 1:
+                a, b = all_gather_with_grad(a), all_gather_with_grad(b)
+            out = self.loss_fn(a, b)
+        value = float(out.loss.detach())
+        if not math.isfinite(value):
+            latest = latest_checkpoint(self.run_dir / "checkpoints")
+            raise TrainingDivergedError(
+                f"{self.cfg.name}: loss is {value} at step {self.step} (epoch {epoch + 1}); "
+                "training stopped. Last good checkpoint: "
+                f"{latest if latest is not None else 'none yet'}. Lower train.lr or "
+                "check the data."
+            )
+        if not chunk:
+            out.loss.backward()  # type: ignore[no-untyped-call]
+        if self.world > 1:
+            self._sum_gradients()
+        return value
 
     # ------------------------------------------------------------------ data order
 
@@ -177,10 +270,9 @@ class Trainer:
     def batch(self, epoch: int, index: int, pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
         """Tensors of batch ``index`` of ``epoch`` on the training device."""
         bs = self.cfg.train.batch_size
-        imgs, caps = (
-            pairs[0][index * bs : (index + 1) * bs],
-            pairs[1][index * bs : (index + 1) * bs],
-        )
+        per = bs // self.world  # this rank's slice of the global batch
+        lo = index * bs + self.rank * per
+        imgs, caps = pairs[0][lo : lo + per], pairs[1][lo : lo + per]
         split = self.data["train"]
         texts = [split.captions[i][c] for i, c in zip(imgs, caps, strict=True)]
         prep = self.model.prepare_text(texts)  # type: ignore[operator]
@@ -196,10 +288,16 @@ class Trainer:
         out.update({f"loss.{k}": v for k, v in self.loss_fn.state_dict().items()})
         return out
 
-    def save(self) -> Path:
-        """Write an atomic checkpoint of everything needed to resume."""
+    def save(self) -> Path | None:
+        """Write an atomic checkpoint of everything needed to resume (rank 0 writes; every
+        rank's RNG state goes in). Returns its path (``None`` on other ranks)."""
+        states = self._rng_states()
+        if self.rank != 0:
+            return None
         opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
-        opt_tensors["rng.torch"] = torch.get_rng_state()
+        opt_tensors["rng.torch"] = states[0]
+        for r, st in enumerate(states[1:], start=1):
+            opt_tensors[f"rng.torch.rank{r}"] = st
         state = {
             "step": self.step,
             "optimizer": opt_meta,
@@ -231,7 +329,15 @@ class Trainer:
             return False
         tensors, opt, state = load_checkpoint(path)
         self.load_weights(tensors)
+        ranks = {k: opt.pop(k) for k in [k for k in opt if k.startswith("rng.torch.rank")]}
         rng = opt.pop("rng.torch", None)
+        if self.rank > 0:
+            rng = ranks.get(f"rng.torch.rank{self.rank}")
+            if rng is None:
+                raise CheckpointError(
+                    f"{path} was written by fewer than {self.world} processes: it holds no "
+                    f"RNG state for rank {self.rank}; resume with the same number of processes"
+                )
         self.optimizer.load_state_dict(unflatten_optimizer(opt, state["optimizer"]))
         if rng is not None:
             torch.set_rng_state(rng)
@@ -245,8 +351,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def validate(self, epoch: int) -> dict[str, float]:
-        """Retrieval on (a subset of) the validation split."""
-        if "val" not in self.data.splits:
+        """Retrieval on (a subset of) the validation split (rank 0 only)."""
+        if "val" not in self.data.splits or self.rank != 0:
             return {}
         split = self.data["val"].subset(self.cfg.eval.val_subset)
         res = evaluate_split(self.model, split, self.cfg.eval.batch_size)
@@ -269,8 +375,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        save_config(self.cfg, self.run_dir / "config.yaml")
-        self.tokenizer.save(self.run_dir / "vocab.json")
+        if self.rank == 0:
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            self.tokenizer.save(self.run_dir / "vocab.json")
         self._segment = time.perf_counter()
         precompute = getattr(self.model.text_encoder, "precompute", None)
         if callable(precompute):
@@ -299,32 +406,9 @@ class Trainer:
                     g["lr"] = self.cfg.train.lr * lr_factor(
                         self.step, self.total_steps, self.warmup
                     )
-                batch = self.batch(epoch, index, pairs)
-                self.optimizer.zero_grad(set_to_none=True)
-                chunk = self.cfg.train.grad_cache_chunk
-                if chunk:
-                    out = grad_cache_step(
-                        self.model, self.loss_fn, batch["images"], batch["text"], chunk
-                    )
-                else:
-                    a, b = self.model(batch["images"], batch["text"])
-                    out = self.loss_fn(a, b)
-                value = float(out.loss.detach())
-                if not math.isfinite(value):
-                    latest = latest_checkpoint(self.run_dir / "checkpoints")
-                    raise TrainingDivergedError(
-                        f"{self.cfg.name}: loss is {value} at step {self.step} (epoch {epoch + 1}); "
-                        "training stopped. Last good checkpoint: "
-                        f"{latest if latest is not None else 'none yet'}. Lower train.lr or "
-                        "check the data."
-                    )
-                if not chunk:
-                    out.loss.backward()  # type: ignore[no-untyped-call]
+                value = self.train_step(epoch, index, pairs)
                 if self.cfg.train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for g in self.optimizer.param_groups for p in g["params"]],
-                        self.cfg.train.grad_clip,
-                    )
+                    torch.nn.utils.clip_grad_norm_(self._trained(), self.cfg.train.grad_clip)
                 self.optimizer.step()
                 self.step += 1
                 run_steps += 1
@@ -365,7 +449,8 @@ class Trainer:
             self.log(msg)
         self.train_seconds = self.elapsed()
         self._segment = time.perf_counter()
-        (self.run_dir / "history.json").write_text(
-            json.dumps({"train": self.history.train, "val": self.history.val})
-        )
+        if self.rank == 0:
+            (self.run_dir / "history.json").write_text(
+                json.dumps({"train": self.history.train, "val": self.history.val})
+            )
         return self.history
