@@ -41,6 +41,23 @@ def test_data_export(tmp_path, capsys):
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 8 + 4 + 6 + 4
 
 
+def test_data_export_as_webdataset_shards_loads_back(tmp_path, capsys):
+    from alignfuse.data import load_webdataset
+
+    out = tmp_path / "w"
+    args = ["data", "shapes", "--out", str(out), "--format", "webdataset", "--shard-size", "5"]
+    assert (
+        main([*args, "--n-train", "8", "--n-val", "4", "--n-test", "6", "--n-winoground", "2"]) == 0
+    )
+    assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("train-*.tar")) == [
+        "train-000000.tar",
+        "train-000001.tar",
+    ]
+    back = load_webdataset({"train": str(out / "train-{000000..000001}.tar")})
+    assert len(back["train"]) == 8
+
+
 def test_bench_smoke_suite_writes_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ALIGNFUSE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"

@@ -3,7 +3,7 @@
 alignfuse bench [--suite NAME|FILE] [--out DIR] [overrides ...]
 alignfuse train CONFIG [overrides ...] [--out DIR] [--resume]
 alignfuse eval RUN_DIR
-alignfuse data shapes --out DIR [--n-train N] [--n-val N] [--n-test N] [--seed S]
+alignfuse data shapes --out DIR [--format karpathy|webdataset] [--n-train N] [--seed S] ...
 alignfuse list [FAMILY]
 """
 
@@ -168,7 +168,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from alignfuse.data import ambiguity, export_captions, load_shapes
+    from alignfuse.data import ambiguity, export_captions, export_webdataset, load_shapes
 
     data = load_shapes(
         n_train=args.n_train,
@@ -178,9 +178,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         seed=args.seed,
     )
-    folder = export_captions(data, args.out)
+    counts = ", ".join(f"{k}: {len(v)}" for k, v in data.splits.items())
+    if args.format == "webdataset":
+        shards = export_webdataset(data, args.out, shard_size=args.shard_size)
+        print(f"wrote {len(shards)} shards to {args.out} ({counts} images)")
+    else:
+        folder = export_captions(data, args.out)
+        print(f"wrote {folder} ({counts} images)")
     amb = ambiguity(data["test"])
-    print(f"wrote {folder} ({', '.join(f'{k}: {len(v)}' for k, v in data.splits.items())} images)")
     print(
         f"test ambiguity: {100 * amb['share_ambiguous']:.1f}% of captions fit several images; "
         f"best t2i R@1 {100 * amb['ceiling_r1_t2i']:.1f}%, best i2t R@1 {100 * amb['ceiling_r1_i2t']:.1f}%"
@@ -230,7 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="generate and export built-in data")
     d.add_argument("dataset", choices=["shapes"])
-    d.add_argument("--out", required=True, help="folder for PNG images + Karpathy-split JSON")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument(
+        "--format",
+        choices=["karpathy", "webdataset"],
+        default="karpathy",
+        help="PNG images + Karpathy-split JSON (default), or WebDataset tar shards per split",
+    )
+    d.add_argument("--shard-size", type=int, default=1000, help="samples per WebDataset shard")
     d.add_argument("--n-train", type=int, default=10_000)
     d.add_argument("--n-val", type=int, default=1_000)
     d.add_argument("--n-test", type=int, default=1_000)

@@ -4,6 +4,7 @@ from alignfuse.data.base import ImageTextData, ImageTextSplit, WinogroundSet
 from alignfuse.data.captions import export_captions, load_captions
 from alignfuse.data.shapes import ambiguity, load_shapes
 from alignfuse.data.spoken import SpokenData, Utterance, load_spoken
+from alignfuse.data.webdataset import export_webdataset, load_webdataset
 
 __all__ = [
     "ImageTextData",
@@ -13,7 +14,9 @@ __all__ = [
     "WinogroundSet",
     "ambiguity",
     "export_captions",
+    "export_webdataset",
     "load_captions",
     "load_shapes",
     "load_spoken",
+    "load_webdataset",
 ]
