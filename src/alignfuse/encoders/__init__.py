@@ -1,11 +1,14 @@
-"""Encoders, one per modality: images (CNN, ViT) and text (BiGRU, Transformer, frozen MiniLM)."""
+"""Encoders, one per modality: images (CNN, ViT), text (BiGRU, Transformer, frozen MiniLM) and
+audio (log-mel CNN)."""
 
+from alignfuse.encoders.audio import AudioCNN
 from alignfuse.encoders.image import SmallCNN, TinyViT
 from alignfuse.encoders.pretrained import FrozenSentenceEncoder, minilm_available
 from alignfuse.encoders.text import BiGRUTextEncoder, TransformerTextEncoder
 from alignfuse.encoders.tokenizer import Tokenizer
 
 __all__ = [
+    "AudioCNN",
     "BiGRUTextEncoder",
     "FrozenSentenceEncoder",
     "SmallCNN",
