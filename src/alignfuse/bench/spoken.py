@@ -255,7 +255,7 @@ def run_spoken_suite(
     board = _leaderboard(rows)
     (out / "leaderboard.md").write_text(board)
     voice_table = _voices(rows, held_out)
-    _plot(rows, out / "curves.png")
+    _plot(rows, out / "curves.png", held_out)
     total = time.perf_counter() - t_suite
     (out / "report.md").write_text(
         f"# alignfuse bench: suite `{raw.get('name', 'spoken')}`\n\n{str(raw.get('description', '')).strip()}\n\n"
@@ -265,7 +265,7 @@ def run_spoken_suite(
         f"(chance speech-to-text R@1: {1 / len(test_s):.3f}).\n\n"
         f"## Leaderboard (test; recalls in %)\n\n{board}\n"
         f"## Speech-to-text R@1 by voice (test)\n\n{voice_table}\n"
-        "## Training loss\n\n![curves](curves.png)\n"
+        "## Training loss and R@1 by voice\n\n![curves](curves.png)\n"
     )
     print(board)
     log(f"suite spoken finished in {total:.0f} s; report: {out / 'report.md'}")
@@ -305,14 +305,24 @@ def _voices(rows: list[dict[str, Any]], held_out: str | None) -> str:
     return markdown_table(["model", *head], body)
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], path: Path, held_out: str | None = None) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     for r in rows:
-        ax.plot(range(1, len(r["history"]) + 1), r["history"], label=r["name"])
-    ax.set(xlabel="epoch", ylabel="training loss (own objective)", title="training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        ax1.plot(range(1, len(r["history"]) + 1), r["history"], label=r["name"])
+    ax1.set(xlabel="epoch", ylabel="training loss (own objective)", title="training loss")
+    ax1.set_yscale("log")
+    voices = sorted({k[7:] for r in rows for k in r["metrics"] if k.startswith("s2t_r1_")})
+    width = 0.8 / max(1, len(rows))
+    for j, r in enumerate(rows):
+        vals = [r["metrics"][f"s2t_r1_{v}"] for v in voices]
+        ax2.bar(np.arange(len(voices)) + j * width, vals, width, label=r["name"])
+    labels = [f"{v}\n(not trained)" if v == held_out else v for v in voices]
+    ax2.set_xticks(np.arange(len(voices)) + width * (len(rows) - 1) / 2, labels, fontsize=8)
+    ax2.set(ylabel="speech-to-text R@1 (test)", ylim=(0, 1), title="by voice")
+    for ax, where in ((ax1, "best"), (ax2, "lower right")):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc=where)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
