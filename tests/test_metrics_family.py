@@ -236,6 +236,10 @@ def test_retrieval_map_rejects_bad_owner():
         retrieval_map(sims, [0, 0, 0])
     with pytest.raises(ValueError, match="integer image indices"):
         retrieval_map(sims, np.array([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        retrieval_map(sims, [0, 1, 1], chunk=0)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        retrieval_ranks(sims, [0, 1, 1], chunk=0)
 
 
 # --- classification ----------------------------------------------------------------------

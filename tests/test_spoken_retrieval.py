@@ -72,6 +72,10 @@ def test_audio_encoder_trains_and_checks_its_inputs():
         enc.prepare([], 16000)
     with pytest.raises(ValueError, match="sample rates"):
         enc.prepare(_waves(), [16000])
+    bad = _waves()[0].copy()
+    bad[10] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        enc.prepare([bad], 16000)
     with pytest.raises(ValueError, match=">= 1"):
         AudioCNN(blocks=0)
     assert _pad_batch([torch.ones(2, 3), torch.ones(5, 3)])["lengths"].tolist() == [2, 5]

@@ -179,6 +179,8 @@ def test_malformed_shards_name_the_shard_and_sample(tmp_path):
         load_webdataset({"train": str(empty)})
     with pytest.raises(DataError, match="shard pattern or a list"):
         load_webdataset({"train": 3})
+    with pytest.raises(DataError, match="image_size must be a positive integer"):
+        load_webdataset({"train": str(good)}, image_size=0)
 
 
 def test_links_and_folders_in_a_shard_are_skipped_never_followed(tmp_path):

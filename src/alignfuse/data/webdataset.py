@@ -190,6 +190,8 @@ def load_webdataset(
         data: {name: webdataset, args: {splits: {train: "shards/train-{000..009}.tar",
                                                  test: "shards/test-000.tar"}, image_size: 64}}
     """
+    if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
+        raise DataError(f"webdataset: image_size must be a positive integer, got {image_size!r}")
     if not isinstance(splits, dict) or not splits:
         raise DataError(
             "webdataset: pass splits={name: shard pattern}, e.g. "

@@ -52,6 +52,8 @@ def retrieval_ranks(
 
     Computed in chunks of rows so memory stays at ``chunk x N`` beyond the input.
     """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     s, own = _checked(sims, owner)
     n_img, n_txt = s.shape
     i2t = torch.empty(n_img, dtype=torch.long, device=s.device)
@@ -135,6 +137,8 @@ def retrieval_map(
         >>> round(m["i2t_map"], 4), round(m["t2i_map"], 4)  # ((1 + 2/3) / 2 + 1) / 2
         (0.9167, 0.8333)
     """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     s, own = _checked(sims, owner)
     s = s.to(torch.float64)
     n_img = s.shape[0]
