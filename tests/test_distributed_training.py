@@ -28,6 +28,13 @@ def _params(trainer):
     return out
 
 
+def _spawn(worker, tmp_path, tiny):
+    """Run ``worker(rank, 2, init_file, root, tiny)`` in two gloo processes."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path), tiny), nprocs=2, join=True)
+
+
 def _worker(rank, world, init_file, root, tiny):
     import torch.distributed as dist
 
@@ -58,14 +65,7 @@ def _worker(rank, world, init_file, root, tiny):
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_on_the_same_global_batch(tmp_path, tiny_overrides):
-    import torch.multiprocessing as mp
-
-    mp.spawn(
-        _worker,
-        args=(2, str(tmp_path / "init"), str(tmp_path), tiny_overrides),
-        nprocs=2,
-        join=True,
-    )
+    _spawn(_worker, tmp_path, tiny_overrides)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     # the single-process step on the same global batch of 16
     cfg = _cfg(tiny_overrides, "single")
@@ -107,14 +107,7 @@ def _bad_batch_worker(rank, world, init_file, root, tiny):
 
 @pytest.mark.slow
 def test_a_batch_that_does_not_split_evenly_is_a_config_error(tmp_path, tiny_overrides):
-    import torch.multiprocessing as mp
-
-    mp.spawn(
-        _bad_batch_worker,
-        args=(2, str(tmp_path / "init"), str(tmp_path), tiny_overrides),
-        nprocs=2,
-        join=True,
-    )
+    _spawn(_bad_batch_worker, tmp_path, tiny_overrides)
     assert (tmp_path / "ok0").is_file() and (tmp_path / "ok1").is_file()
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from alignfuse._io import write_text_atomic
 from alignfuse.bench.report import markdown_table, pyplot
-from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
+from alignfuse.bench.suite import read_checked_suite, suite_kind
 from alignfuse.correlation import SCM
 from alignfuse.correlation.evaluate import evaluate_two_view
 from alignfuse.correlation.methods import make_estimator
@@ -33,8 +33,7 @@ def run_correlation_suite(
 ) -> list[dict[str, Any]]:
     """Fit and evaluate every method of the suite; write results, leaderboard and report."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    raw = read_suite_file(name_or_path)
-    check_keys(raw, KEYS, "suite")
+    raw = read_checked_suite(name_or_path, KEYS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_cfg = raw.get("data") or {}

@@ -36,7 +36,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from alignfuse._io import write_text_atomic
 from alignfuse.bench.report import markdown_table, pyplot
-from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
+from alignfuse.bench.suite import read_checked_suite, suite_kind
 from alignfuse.config import ExperimentConfig, from_dict
 from alignfuse.data.shapes import load_shapes
 from alignfuse.encoders.tokenizer import Tokenizer
@@ -616,8 +616,7 @@ def run_fusion_suite(
 ) -> list[dict[str, Any]]:
     """Run the fusion suite; write results.jsonl, leaderboard.md, report.md and plots."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    raw = read_suite_file(name_or_path)
-    check_keys(raw, KEYS, "suite")
+    raw = read_checked_suite(name_or_path, KEYS)
     fusions = list(raw.get("fusions") or FUSION.names())
     for f in fusions:
         FUSION.get(f)  # unknown names fail here, with a suggestion

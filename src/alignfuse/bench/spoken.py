@@ -25,7 +25,7 @@ from torch import nn
 
 from alignfuse._io import write_text_atomic
 from alignfuse.bench.report import markdown_table, pyplot
-from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
+from alignfuse.bench.suite import check_keys, read_checked_suite, suite_kind
 from alignfuse.data.spoken import REFERENCE, SpokenData, load_spoken
 from alignfuse.encoders.audio import AudioCNN, _pad_batch
 from alignfuse.encoders.tokenizer import Tokenizer
@@ -216,8 +216,7 @@ def run_spoken_suite(
 ) -> list[dict[str, Any]]:
     """Train and evaluate every experiment of the suite; write results, leaderboard, report."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    raw = read_suite_file(name_or_path)
-    check_keys(raw, KEYS, "suite")
+    raw = read_checked_suite(name_or_path, KEYS)
     train_cfg = raw.get("train") or {}
     check_keys(train_cfg, TRAIN_KEYS, "spoken train")
     out = Path(out)

@@ -98,6 +98,15 @@ def read_suite_file(name_or_path: str) -> Any:
     return yaml.safe_load(f.read_text()) if f.is_file() else None
 
 
+def read_checked_suite(name_or_path: str, allowed: set[str]) -> dict[str, Any]:
+    """The top level of a suite file, every key checked against ``allowed``."""
+    raw = read_suite_file(name_or_path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite {name_or_path!r} is not a YAML mapping (a file or built-in name)")
+    check_keys(raw, allowed, "suite")
+    return raw
+
+
 def suite_kind(name_or_path: str) -> str | None:
     """The ``kind`` key of a suite (``correlation``, ``temporal``, ``fusion``), if any."""
     raw = read_suite_file(name_or_path)

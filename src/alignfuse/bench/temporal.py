@@ -28,7 +28,7 @@ import torch
 
 from alignfuse._io import write_text_atomic
 from alignfuse.bench.report import markdown_table, pyplot
-from alignfuse.bench.suite import check_keys, read_suite_file, suite_kind
+from alignfuse.bench.suite import check_keys, read_checked_suite, suite_kind
 from alignfuse.data.spoken import SpokenData, Utterance, load_spoken
 from alignfuse.errors import ConfigError
 from alignfuse.registry import suggest
@@ -123,8 +123,7 @@ def run_temporal_suite(
 ) -> list[dict[str, Any]]:
     """Run every task and method of a temporal suite; write results, leaderboard and report."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    raw = read_suite_file(name_or_path)
-    check_keys(raw, KEYS, "suite")
+    raw = read_checked_suite(name_or_path, KEYS)
     speech = raw.get("speech") or {}
     check_keys(speech, SPEECH_KEYS, "speech")
     methods = speech.get("methods") or []
