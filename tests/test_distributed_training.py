@@ -28,6 +28,25 @@ def _params(trainer):
     return out
 
 
+class _FakeTrainer:
+    """What ``Trainer._sum_gradients`` reads: parameters with rank-dependent gradients."""
+
+    def __init__(self, rank, world):
+        self.world = world
+        self.named = {
+            n: torch.nn.Parameter(torch.zeros(2)) for n in ("both", "rank1", "none", "temp")
+        }
+        self.named["both"].grad = torch.tensor([1.0, 2.0]) * (rank + 1)
+        if rank == 1:
+            self.named["rank1"].grad = torch.tensor([5.0, 7.0])
+        self.named["temp"].grad = torch.tensor([3.0, 3.0])  # the full gradient on every rank
+        self.loss_fn = torch.nn.ParameterList([self.named["temp"]])
+        self.optimizer = torch.optim.SGD(list(self.named.values()), lr=0.1)
+
+    def _trained(self):
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+
 def _spawn(worker, tmp_path, tiny):
     """Run ``worker(rank, 2, init_file, root, tiny)`` in two gloo processes."""
     import torch.multiprocessing as mp
@@ -48,6 +67,10 @@ def _worker(rank, world, init_file, root, tiny):
         loss = a.train_step(0, 0, a.epoch_pairs(0))
         grads = {n: p.grad.clone() for n, p in a.model.named_parameters() if p.grad is not None}
         grads.update({f"loss.{n}": p.grad.clone() for n, p in a.loss_fn.named_parameters()})
+        # gradients reached on some ranks only, or on none
+        fake = _FakeTrainer(rank, world)
+        Trainer._sum_gradients(fake)
+        sums = {n: (None if p.grad is None else p.grad.tolist()) for n, p in fake.named.items()}
         # 2. an uninterrupted run, and 3. one stopped after 2 steps and resumed
         b = Trainer(cfg, data, f"{root}/full", **quiet)
         b.fit()
@@ -56,7 +79,7 @@ def _worker(rank, world, init_file, root, tiny):
         c = Trainer(cfg, data, f"{root}/resumed", **quiet)
         c.fit(resume=True)
         torch.save(
-            {"loss": loss, "grads": grads, "full": _params(b), "resumed": _params(c)},
+            {"loss": loss, "grads": grads, "full": _params(b), "resumed": _params(c), "sums": sums},
             f"{root}/rank{rank}.pt",
         )
     finally:
@@ -79,6 +102,13 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tmp_path, tiny_ov
         assert res["grads"].keys() == want.keys()
         for name, g in want.items():
             assert torch.allclose(res["grads"][name], g, rtol=1e-4, atol=1e-6), name
+    for res in ranks:  # summed; one rank's alone; still None; averaged
+        assert res["sums"] == {
+            "both": [3.0, 6.0],
+            "rank1": [5.0, 7.0],
+            "none": None,
+            "temp": [3.0, 3.0],
+        }
     # the ranks stay in lockstep, and resuming replays the uninterrupted run exactly
     for key, value in ranks[0]["full"].items():
         assert torch.equal(value, ranks[1]["full"][key]), key

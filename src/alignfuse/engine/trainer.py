@@ -201,14 +201,21 @@ class Trainer:
         """Sum the gradients over ranks in one flat all-reduce. Each rank's backward reaches
         the encoders through its own rows only, so the sum is the full-batch gradient; the
         loss's own parameters (a temperature) see the whole gathered batch on every rank,
-        so theirs are averaged instead."""
+        so theirs are averaged instead. A parameter no rank's backward reached keeps
+        ``grad = None`` (so the optimiser skips it, as in one process); one reached on some
+        ranks only counts as zero on the others."""
         params = self._trained()
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        used = [p for p, h in zip(params, has.tolist(), strict=True) if h]
+        if not used:
+            return
         loss_ids = {id(p) for p in self.loss_fn.parameters()}
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in used]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         offset = 0
-        for p, g in zip(params, grads, strict=True):
+        for p, g in zip(used, grads, strict=True):
             part = flat[offset : offset + g.numel()].view_as(g)
             offset += g.numel()
             p.grad = part / self.world if id(p) in loss_ids else part.clone()
