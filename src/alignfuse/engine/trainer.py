@@ -157,6 +157,18 @@ class Trainer:
             raise ConfigError(f"train.captions_per_image must be >= 1, got {k}")
         if cfg.train.batch_size < 2:
             raise ConfigError(f"train.batch_size must be >= 2, got {cfg.train.batch_size}")
+        self.pairwise = bool(getattr(self.model, "pairwise", False))
+        if self.pairwise:
+            if not callable(getattr(self.loss_fn, "from_similarity", None)):
+                raise ConfigError(
+                    f"model {cfg.model.name!r} scores pairs (no per-item embedding): its loss "
+                    f"needs from_similarity(); {cfg.loss.name!r} has none (use info_nce or triplet)"
+                )
+            if self.world > 1 or cfg.train.grad_cache_chunk:
+                raise ConfigError(
+                    f"model {cfg.model.name!r} scores pairs: it trains in one process without "
+                    "GradCache (train.grad_cache_chunk: null)"
+                )
         if self.world > 1:
             if cfg.train.batch_size % self.world:
                 raise ConfigError(
@@ -235,7 +247,9 @@ class Trainer:
         batch = self.batch(epoch, index, pairs)
         self.optimizer.zero_grad(set_to_none=True)
         chunk = self.cfg.train.grad_cache_chunk
-        if chunk:
+        if self.pairwise:  # the model's own (B, B) score matrix
+            out = self.loss_fn.from_similarity(self.model(batch["images"], batch["text"]))  # type: ignore[operator]
+        elif chunk:
             out = grad_cache_step(self.model, self.loss_fn, batch["images"], batch["text"], chunk)
         else:
             a, b = self.model(batch["images"], batch["text"])

@@ -166,3 +166,12 @@ class InfoNCELoss(nn.Module):
             self.chunk_size if labels is None else None,
         )
         return LossOutput(loss, {"temperature": float(1.0 / scale.detach().exp())})
+
+    def from_similarity(self, sims: torch.Tensor) -> LossOutput:
+        """The same loss on a model's own ``(N, N)`` similarity matrix (pairs on the
+        diagonal), e.g. a cross-attention model's scores."""
+        scale = self.logit_scale.clamp(max=self.max_log_scale)
+        loss = info_nce_from_similarity(
+            sims, scale, self.reduction, label_smoothing=self.label_smoothing
+        )
+        return LossOutput(loss, {"temperature": float(1.0 / scale.detach().exp())})

@@ -141,10 +141,22 @@ class TripletLoss(nn.Module):
     def forward(
         self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None
     ) -> LossOutput:
+        mining = self._mining()
+        loss = triplet(a, b, self.margin, mining, self.similarity, self.reduction, labels)
+        return LossOutput(loss, {"hardest": float(mining == "hardest")})
+
+    def from_similarity(self, sims: torch.Tensor) -> LossOutput:
+        """The same loss (and warm-up) on a model's own ``(N, N)`` similarity matrix (pairs
+        on the diagonal), e.g. SCAN's cross-attention scores."""
+        mining = self._mining()
+        loss = triplet_from_similarity(sims, self.margin, mining, self.reduction)
+        return LossOutput(loss, {"hardest": float(mining == "hardest")})
+
+    def _mining(self) -> str:
+        """This call's mining (the sum during the warm-up), counting training calls."""
         mining = self.mining
         if self.training and torch.is_grad_enabled():
             if int(self.num_calls) < self.sum_warmup:
                 mining = "sum"
             self.num_calls += 1
-        loss = triplet(a, b, self.margin, mining, self.similarity, self.reduction, labels)
-        return LossOutput(loss, {"hardest": float(mining == "hardest")})
+        return mining
