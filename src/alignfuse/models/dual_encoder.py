@@ -78,6 +78,20 @@ def build_dual_encoder(
     text_args: dict[str, Any] | None = None,
 ) -> DualEncoder:
     """CLIP-style dual encoder from registered image and text encoders."""
+    return DualEncoder(
+        *build_towers(tokenizer, image_encoder, text_encoder, image_args, text_args), embed_dim
+    )
+
+
+def build_towers(
+    tokenizer: Tokenizer | None,
+    image_encoder: str,
+    text_encoder: str,
+    image_args: dict[str, Any] | None = None,
+    text_args: dict[str, Any] | None = None,
+) -> tuple[nn.Module, nn.Module]:
+    """The registered image and text encoders of a model (the text one with the tokenizer
+    unless it brings its own)."""
     img = ENCODERS.create(image_encoder, **(image_args or {}))
     txt = ENCODERS.create(text_encoder, **_text_kwargs(text_encoder, tokenizer, text_args or {}))
-    return DualEncoder(img, txt, embed_dim)
+    return img, txt

@@ -20,8 +20,8 @@ from torch import nn
 
 from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.interaction.scan import SCAN
-from alignfuse.models.dual_encoder import _text_kwargs
-from alignfuse.registry import ENCODERS, MODELS
+from alignfuse.models.dual_encoder import build_towers
+from alignfuse.registry import MODELS
 
 
 class SCANModel(nn.Module):
@@ -110,6 +110,5 @@ def build_scan(
     """SCAN image-text matcher (Lee et al. 2018) from registered encoders."""
     if text_encoder == "minilm":
         raise ValueError("SCAN needs word features: text_encoder 'bigru' or 'transformer'")
-    img = ENCODERS.create(image_encoder, **(image_args or {}))
-    txt = ENCODERS.create(text_encoder, **_text_kwargs(text_encoder, tokenizer, text_args or {}))
+    img, txt = build_towers(tokenizer, image_encoder, text_encoder, image_args, text_args)
     return SCANModel(img, txt, embed_dim, scan_args)
