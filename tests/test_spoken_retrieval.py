@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignfuse.data.audio import log_mel
-from alignfuse.encoders.audio import AudioCNN, _pad_batch
+from alignfuse.encoders.audio import AudioCNN, pad_frames
 from alignfuse.errors import ConfigError
 
 
@@ -78,7 +78,7 @@ def test_audio_encoder_trains_and_checks_its_inputs():
         enc.prepare([bad], 16000)
     with pytest.raises(ValueError, match=">= 1"):
         AudioCNN(blocks=0)
-    assert _pad_batch([torch.ones(2, 3), torch.ones(5, 3)])["lengths"].tolist() == [2, 5]
+    assert pad_frames([torch.ones(2, 3), torch.ones(5, 3)])["lengths"].tolist() == [2, 5]
 
 
 SMALL = """

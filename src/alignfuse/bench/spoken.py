@@ -27,12 +27,13 @@ from alignfuse._io import write_text_atomic
 from alignfuse.bench.report import markdown_table, pyplot
 from alignfuse.bench.suite import check_keys, read_checked_suite, suite_kind
 from alignfuse.data.spoken import REFERENCE, SpokenData, load_spoken
-from alignfuse.encoders.audio import AudioCNN, _pad_batch
+from alignfuse.encoders.audio import AudioCNN, pad_frames
 from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.engine.loop import fit_epochs, optimizer_step
 from alignfuse.errors import ConfigError
 from alignfuse.metrics import modality_gap, retrieval_map, retrieval_metrics
-from alignfuse.registry import ENCODERS, LOSSES
+from alignfuse.models.dual_encoder import build_text_encoder
+from alignfuse.registry import LOSSES
 
 KEYS = {
     "name",
@@ -66,18 +67,17 @@ class SpeechTextModel(nn.Module):
     ) -> None:
         super().__init__()
         self.audio = AudioCNN(**(audio_args or {}))
-        args = dict(text_args or {})
-        if text != "minilm":
-            args["tokenizer"] = tokenizer
-        self.text = ENCODERS.create(text, **args)
+        text_encoder: Any = build_text_encoder(text, tokenizer, text_args)
+        self.text = text_encoder
         self.audio_proj = nn.Linear(self.audio.out_dim, embed_dim)
-        self.text_proj = nn.Linear(self.text.out_dim, embed_dim)
+        self.text_proj = nn.Linear(int(text_encoder.out_dim), embed_dim)
 
     def encode_audio(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.normalize(self.audio_proj(self.audio(batch["feats"], batch["lengths"])), dim=-1)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        return F.normalize(self.text_proj(self.text(**self.text.prepare(texts))), dim=-1)
+        prepared = self.text.prepare(texts)  # type: ignore[operator]
+        return F.normalize(self.text_proj(self.text(**prepared)), dim=-1)
 
 
 def split_sentences(data: SpokenData, n_test: int) -> tuple[list[int], list[int]]:
@@ -107,7 +107,7 @@ def evaluate_speech_text(
     utts = [i for i, u in enumerate(data.utterances) if u.sentence in index]
     audio = torch.cat(
         [
-            model.encode_audio(_pad_batch([feats[i] for i in utts[k : k + 64]]))
+            model.encode_audio(pad_frames([feats[i] for i in utts[k : k + 64]]))
             for k in range(0, len(utts), 64)
         ]
     )
@@ -186,7 +186,7 @@ def train_speech_text(
         for k in range(0, len(order) - bs + 1, bs):
             sents = [int(s) for s in order[k : k + bs]]
             utts = [int(rng.choice(by_sentence[s])) for s in sents]
-            a = model.encode_audio(_pad_batch([feats[i] for i in utts]))
+            a = model.encode_audio(pad_frames([feats[i] for i in utts]))
             t = model.encode_text([data.sentences[s] for s in sents])
             losses.append(optimizer_step(opt, loss_fn(a, t).loss, exp["name"], epoch))
         return float(np.mean(losses))

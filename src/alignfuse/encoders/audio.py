@@ -15,7 +15,9 @@ from alignfuse.data.audio import log_mel
 from alignfuse.registry import ENCODERS
 
 
-def _pad_batch(frames: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+def pad_frames(frames: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Frame sequences ``(T_i, n_mels)`` as a zero-padded ``feats (B, T, n_mels)`` and their
+    ``lengths (B,)``: the input of :class:`AudioCNN`."""
     lengths = torch.tensor([len(f) for f in frames], dtype=torch.long)
     feats = frames[0].new_zeros(len(frames), int(lengths.max()), frames[0].shape[1])
     for i, f in enumerate(frames):
@@ -81,7 +83,7 @@ class AudioCNN(nn.Module):
         for w, sr in zip(waves, rates, strict=True):
             f = log_mel(w, sr, n_mels=self.n_mels, hop_ms=self.hop_ms).float()
             frames.append((f - f.mean()) / f.std().clamp_min(1e-5))
-        return _pad_batch(frames)
+        return pad_frames(frames)
 
     def _check(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if feats.ndim != 3 or feats.shape[2] != self.n_mels:

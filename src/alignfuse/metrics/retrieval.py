@@ -19,10 +19,12 @@ def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def _checked(
-    sims: torch.Tensor | np.ndarray, owner: torch.Tensor | np.ndarray
+    sims: torch.Tensor | np.ndarray, owner: torch.Tensor | np.ndarray, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``sims (N_images, N_texts)`` finite, ``owner (N_texts,)`` long on its device, every
-    image owning at least one text."""
+    image owning at least one text; ``chunk >= 1``."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     s = _as_tensor(sims)
     if s.ndim != 2:
         raise ValueError(f"sims must be (N_images, N_texts), got {tuple(s.shape)}")
@@ -52,10 +54,13 @@ def retrieval_ranks(
 
     Computed in chunks of rows so memory stays at ``chunk x N`` beyond the input.
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    s, own = _checked(sims, owner)
-    n_img, n_txt = s.shape
+    s, own = _checked(sims, owner, chunk)
+    return _i2t_ranks(s, own, chunk).cpu().numpy(), _t2i_ranks(s, own, chunk).cpu().numpy()
+
+
+def _i2t_ranks(s: torch.Tensor, own: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Rank of each image's best own caption (checked inputs)."""
+    n_img = s.shape[0]
     i2t = torch.empty(n_img, dtype=torch.long, device=s.device)
     for start in range(0, n_img, chunk):
         block = s[start : start + chunk]
@@ -64,6 +69,12 @@ def retrieval_ranks(
         best_own = block.masked_fill(~is_own, float("-inf")).max(1).values
         # rank of the best own caption = 1 + number of other captions scoring >= it
         i2t[start : start + len(block)] = 1 + ((block >= best_own[:, None]) & ~is_own).sum(1)
+    return i2t
+
+
+def _t2i_ranks(s: torch.Tensor, own: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Rank of each caption's image (checked inputs)."""
+    n_txt = s.shape[1]
     t2i = torch.empty(n_txt, dtype=torch.long, device=s.device)
     st = s.T
     for start in range(0, n_txt, chunk):
@@ -73,7 +84,7 @@ def retrieval_ranks(
         wrong = torch.ones_like(block, dtype=torch.bool)
         wrong[torch.arange(len(block), device=s.device), idx] = False
         t2i[start : start + len(block)] = 1 + ((block >= pos) & wrong).sum(1)
-    return i2t.cpu().numpy(), t2i.cpu().numpy()
+    return t2i
 
 
 @METRICS.register("retrieval")
@@ -137,17 +148,14 @@ def retrieval_map(
         >>> round(m["i2t_map"], 4), round(m["t2i_map"], 4)  # ((1 + 2/3) / 2 + 1) / 2
         (0.9167, 0.8333)
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    s, own = _checked(sims, owner)
+    s, own = _checked(sims, owner, chunk)
     s = s.to(torch.float64)
     n_img = s.shape[0]
     i2t = []
     for start in range(0, n_img, chunk):
         rows = torch.arange(start, min(start + chunk, n_img), device=s.device)
         i2t.append(average_precision_rows(s[rows], own[None, :] == rows[:, None]))
-    _, t2i_rank = retrieval_ranks(s, own, chunk)
     return {
         "i2t_map": float(torch.cat(i2t).mean()),
-        "t2i_map": float((1.0 / t2i_rank).mean()),
+        "t2i_map": float((1.0 / _t2i_ranks(s, own, chunk).double()).mean()),
     }

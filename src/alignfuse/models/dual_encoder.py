@@ -93,5 +93,12 @@ def build_towers(
     """The registered image and text encoders of a model (the text one with the tokenizer
     unless it brings its own)."""
     img = ENCODERS.create(image_encoder, **(image_args or {}))
-    txt = ENCODERS.create(text_encoder, **_text_kwargs(text_encoder, tokenizer, text_args or {}))
-    return img, txt
+    return img, build_text_encoder(text_encoder, tokenizer, text_args)
+
+
+def build_text_encoder(
+    name: str, tokenizer: Tokenizer | None, args: dict[str, Any] | None = None
+) -> nn.Module:
+    """A registered text encoder, given the tokenizer unless it brings its own (MiniLM)."""
+    out: nn.Module = ENCODERS.create(name, **_text_kwargs(name, tokenizer, args or {}))
+    return out
