@@ -81,3 +81,24 @@ def test_scan_model_rejects_what_it_cannot_train(tmp_path, tiny_overrides):
         _trainer(tmp_path, tiny_overrides, ["train.grad_cache_chunk=4"])
     with pytest.raises(ValueError, match="word features"):
         _trainer(tmp_path, tiny_overrides, ["model.text_encoder=minilm"])
+
+
+def test_losses_on_a_score_matrix_equal_the_losses_on_embeddings():
+    import torch.nn.functional as F
+
+    from alignfuse.losses import InfoNCELoss, TripletLoss
+
+    torch.manual_seed(1)
+    a, b = torch.randn(9, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
+    cos = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+    nce = InfoNCELoss(temperature=0.1, label_smoothing=0.1)
+    assert torch.allclose(nce.from_similarity(cos).loss, nce(a, b).loss, rtol=1e-12)
+    emb, mat = (
+        TripletLoss(mining="hardest", sum_warmup=2),
+        TripletLoss(mining="hardest", sum_warmup=2),
+    )
+    for call in range(4):  # two warm-up calls (sum over negatives), then the hardest
+        want, got = emb(a, b), mat.from_similarity(cos)
+        assert torch.allclose(got.loss, want.loss, rtol=1e-12)
+        assert got.logs["hardest"] == want.logs["hardest"] == float(call >= 2)
+    assert int(mat.num_calls) == int(emb.num_calls) == 4

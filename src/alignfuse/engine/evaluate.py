@@ -95,8 +95,9 @@ def pair_scores(
 
 
 def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> dict[str, Any]:
-    """Retrieval metrics (R@K, ranks, mAP), embedding diagnostics (modality gap, alignment,
-    uniformity) and hard-negative accuracy where the split has negatives."""
+    """Retrieval metrics (R@K, ranks, mAP), hard-negative accuracy where the split has
+    negatives, and for dual encoders the embedding diagnostics (modality gap, alignment,
+    uniformity); a pairwise model has no embedding to measure them on."""
     was_training = model.training
     model.eval()
     pairwise = bool(getattr(model, "pairwise", False))

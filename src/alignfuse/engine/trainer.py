@@ -110,7 +110,9 @@ class History:
 
 
 class Trainer:
-    """Train a dual-encoder model on an image-text dataset.
+    """Train an image-text model: a dual encoder (the loss on its two embeddings) or a
+    pairwise model such as SCAN (``model.pairwise``; the loss's ``from_similarity`` on the
+    model's own batch score matrix).
 
     Args:
         cfg: the resolved experiment config.
