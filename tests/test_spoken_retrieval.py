@@ -70,6 +70,10 @@ def test_audio_encoder_trains_and_checks_its_inputs():
         enc(batch["feats"], batch["lengths"] + 1000)
     with pytest.raises(ValueError, match="empty"):
         enc.prepare([], 16000)
+    with pytest.raises(ValueError, match="floating point"):
+        enc(batch["feats"].long(), batch["lengths"])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        enc(batch["feats"].index_fill(1, torch.tensor([0]), float("nan")), batch["lengths"])
     with pytest.raises(ValueError, match="sample rates"):
         enc.prepare(_waves(), [16000])
     bad = _waves()[0].copy()

@@ -40,6 +40,8 @@ def test_brace_expansion():
     assert expand_shards("{9..11}") == ["9", "10", "11"]
     assert expand_shards("{x,y}-{0..1}") == ["x-0", "x-1", "y-0", "y-1"]
     assert expand_shards(["p.tar", "q{1,2}.tar"]) == ["p.tar", "q1.tar", "q2.tar"]
+    with pytest.raises(DataError, match="string or a list of strings"):
+        expand_shards(3)
     for bad, msg in (("a{3..1}", "backwards"), ("a{b}", "neither"), ("a{0..2", "unbalanced")):
         with pytest.raises(DataError, match=msg):
             expand_shards(bad)

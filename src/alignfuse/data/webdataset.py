@@ -46,6 +46,10 @@ def expand_shards(pattern: str | Sequence[str]) -> list[str]:
         ['xa.tar', 'xb.tar', 'y.tar']
     """
     if not isinstance(pattern, str):
+        if not isinstance(pattern, Sequence) or not all(isinstance(p, str) for p in pattern):
+            raise DataError(
+                f"a shard pattern must be a string or a list of strings, got {pattern!r}"
+            )
         return [s for p in pattern for s in expand_shards(p)]
     m = _BRACE.search(pattern)
     if m is None:

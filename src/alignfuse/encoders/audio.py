@@ -90,6 +90,10 @@ class AudioCNN(nn.Module):
             raise ValueError(
                 f"feats must be (B, T, {self.n_mels}) log-mel frames, got {tuple(feats.shape)}"
             )
+        if not feats.is_floating_point():
+            raise ValueError(f"feats must be floating point log-mel frames, got {feats.dtype}")
+        if not torch.isfinite(feats.sum()) and not torch.isfinite(feats).all():
+            raise ValueError("feats contains NaN or Inf")
         lengths = lengths.to(feats.device)
         if lengths.shape != (feats.shape[0],) or int(lengths.min()) < 1:
             raise ValueError(f"lengths must be ({feats.shape[0]},) positive frame counts")
