@@ -51,6 +51,11 @@ class SmallCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.tokens(images).mean(1)
 
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` and ``tokens`` from one pass: ``(B, out_dim)`` and ``(B, R, out_dim)``."""
+        tok = self.tokens(images)
+        return tok.mean(1), tok
+
 
 @ENCODERS.register("vit")
 class TinyViT(nn.Module):
@@ -104,3 +109,8 @@ class TinyViT(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self._encode(images)[:, 0])
         return out
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` and ``tokens`` from one pass: ``(B, out_dim)`` and ``(B, R, out_dim)``."""
+        out: torch.Tensor = self.head(self._encode(images))
+        return out[:, 0], out[:, 1:]

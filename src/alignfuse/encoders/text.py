@@ -3,6 +3,7 @@ data loader) and ``forward(**prepared) -> (B, out_dim)``."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -19,7 +20,7 @@ def _masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-class VocabTextEncoder(nn.Module):
+class VocabTextEncoder(nn.Module, ABC):
     """Base for encoders over a :class:`Tokenizer` vocabulary."""
 
     modality = "text"
@@ -33,6 +34,19 @@ class VocabTextEncoder(nn.Module):
     def prepare(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids and lengths for a batch of strings."""
         return self.tokenizer.batch(texts, self.max_len)
+
+    @abstractmethod
+    def tokens(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Per-word features ``(B, L, out_dim)``."""
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The masked mean of the word features, ``(B, out_dim)``."""
+        return _masked_mean(self.tokens(ids, lengths), lengths)
+
+    def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` (the masked mean of the words) and ``tokens`` from one pass."""
+        tok = self.tokens(ids, lengths)
+        return _masked_mean(tok, lengths), tok
 
 
 @ENCODERS.register("bigru")
@@ -54,9 +68,6 @@ class BiGRUTextEncoder(VocabTextEncoder):
         out, _ = self.gru(packed)
         padded, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         return padded
-
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return _masked_mean(self.tokens(ids, lengths), lengths)
 
 
 @ENCODERS.register("transformer")
@@ -91,6 +102,3 @@ class TransformerTextEncoder(VocabTextEncoder):
         x = self.embed(ids) + self.pos[:, : ids.shape[1]]
         out: torch.Tensor = self.norm(self.encoder(x, src_key_padding_mask=pad))
         return out
-
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return _masked_mean(self.tokens(ids, lengths), lengths)

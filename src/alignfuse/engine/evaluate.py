@@ -1,6 +1,8 @@
 """Embedding and scoring a model on a split: retrieval and compositional probes. Dual encoders
 are scored by the dot products of their embeddings; pairwise models (``model.pairwise``, e.g.
-SCAN) by their own score of every image-caption pair."""
+SCAN) by their own score of every image-caption pair; two-stage models (``model.two_stage``,
+e.g. ALBEF) rank by their embeddings and re-score each query's top ``k`` with their fusion
+(:func:`rerank`), and the first stage's metrics are kept with the prefix ``itc_``."""
 
 from __future__ import annotations
 
@@ -94,6 +96,109 @@ def pair_scores(
     return out
 
 
+@torch.inference_mode()
+def two_stage_images(
+    model: Any, images: np.ndarray, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A two-stage model's (ALBEF's) unit embeddings and fusion region tokens of images."""
+    dev = model_device(model)
+    parts = [
+        model.image_features(images_to_tensor(images[i : i + batch_size], dev))
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat([e for e, _ in parts]), torch.cat([r for _, r in parts])
+
+
+@torch.inference_mode()
+def two_stage_texts(
+    model: Any, texts: Sequence[str], batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A two-stage model's unit embeddings, fusion word tokens and word mask of strings
+    (padded to the longest caption)."""
+    dev = model_device(model)
+    parts = []
+    for i in range(0, len(texts), batch_size):
+        prep = model.prepare_text(texts[i : i + batch_size])
+        parts.append(model.text_features({k: v.to(dev) for k, v in prep.items()}))
+    width = max(w.shape[1] for _, w, _ in parts)
+    emb = torch.cat([e for e, _, _ in parts])
+    words = torch.cat([F.pad(w, (0, 0, 0, width - w.shape[1])) for _, w, _ in parts])
+    mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, _, m in parts])
+    return emb, words, mask
+
+
+@torch.inference_mode()
+def match_pairs(
+    model: Any,
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    image_idx: torch.Tensor,
+    text_idx: torch.Tensor,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """``model.match_scores`` of the pairs ``(image_idx[j], text_idx[j])``, in batches."""
+    out = [
+        model.match_scores(
+            regions[image_idx[i : i + batch_size]],
+            words[text_idx[i : i + batch_size]],
+            word_mask[text_idx[i : i + batch_size]],
+        )
+        for i in range(0, len(image_idx), batch_size)
+    ]
+    return torch.cat(out) if out else regions.new_zeros(0)
+
+
+@torch.inference_mode()
+def rerank(
+    model: Any,
+    sims: torch.Tensor,
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    k: int,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-stage retrieval, ALBEF's protocol: every image's top ``k`` captions and every
+    caption's top ``k`` images by the first-stage ``sims (n_images, n_texts)`` are
+    re-scored by ``model.match_scores + sims`` (each pair once).
+
+    Returns ``(i2t, t2i)`` score matrices: in ``i2t`` each image's re-scored captions rank
+    above its others, which keep their first-stage order; ``t2i`` likewise per caption.
+    """
+    n_img, n_txt = sims.shape
+    top_t = sims.topk(min(k, n_txt), dim=1).indices  # (n_img, k)
+    top_i = sims.topk(min(k, n_img), dim=0).indices  # (k, n_txt)
+    rows_a = torch.arange(n_img, device=sims.device)[:, None].expand_as(top_t).reshape(-1)
+    cols_b = torch.arange(n_txt, device=sims.device)[None, :].expand_as(top_i).reshape(-1)
+    flat_a = rows_a * n_txt + top_t.reshape(-1)
+    flat_b = top_i.reshape(-1) * n_txt + cols_b
+    pairs, inverse = torch.unique(torch.cat([flat_a, flat_b]), return_inverse=True)
+    img_idx, txt_idx = pairs // n_txt, pairs % n_txt
+    match = match_pairs(model, regions, words, word_mask, img_idx, txt_idx, batch_size)
+    scores = match.to(sims.dtype) + sims[img_idx, txt_idx]
+    # everything not re-scored sits below every re-scored pair, in first-stage order
+    below = sims - (sims.max() - scores.min() + 1.0)
+    i2t, t2i = below.clone(), below.clone()
+    na = len(flat_a)
+    i2t.view(-1)[flat_a] = scores[inverse[:na]]
+    t2i.view(-1)[flat_b] = scores[inverse[na:]]
+    return i2t, t2i
+
+
+def two_stage_metrics(
+    i2t: torch.Tensor, t2i: torch.Tensor, owner: torch.Tensor
+) -> dict[str, float]:
+    """Retrieval metrics (R@K, ranks, mAP) with image-to-text read from ``i2t`` and
+    text-to-image from ``t2i``; ``rsum`` sums the six recalls of those."""
+    a = {**retrieval_metrics(i2t, owner), **retrieval_map(i2t, owner)}
+    b = {**retrieval_metrics(t2i, owner), **retrieval_map(t2i, owner)}
+    out = {k: v for k, v in a.items() if k.startswith("i2t_")}
+    out.update({k: v for k, v in b.items() if k.startswith("t2i_")})
+    out["rsum"] = 100.0 * sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    return out
+
+
 def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> dict[str, Any]:
     """Retrieval metrics (R@K, ranks, mAP), hard-negative accuracy where the split has
     negatives, and for dual encoders the embedding diagnostics (modality gap, alignment,
@@ -101,29 +206,52 @@ def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> 
     was_training = model.training
     model.eval()
     pairwise = bool(getattr(model, "pairwise", False))
+    two_stage = bool(getattr(model, "two_stage", False))
     try:
         texts, owner = split.flat_captions()
+        own = torch.from_numpy(owner)
+        out: dict[str, Any] = {}
         if pairwise:  # no per-item embedding: the model scores every pair
             sims = pair_scores(model, split.images, texts, batch_size)
+        elif two_stage:  # embeddings rank, the fusion re-scores the top k
+            img, regions = two_stage_images(model, split.images, batch_size)
+            txt, words, wmask = two_stage_texts(model, texts, batch_size)
+            first = img @ txt.T
+            first_metrics = {**retrieval_metrics(first, own), **retrieval_map(first, own)}
+            out.update({f"itc_{k}": v for k, v in first_metrics.items()})
+            i2t, t2i = rerank(model, first, regions, words, wmask, model.rerank_k, batch_size)
+            out.update(two_stage_metrics(i2t, t2i, own))
+            sims = i2t  # what a report shows: each image's ranked captions
         else:
             img = embed_images(model, split.images, batch_size)
             txt = embed_texts(model, texts, batch_size)
             sims = img @ txt.T
-        out: dict[str, Any] = retrieval_metrics(sims, torch.from_numpy(owner))
-        out.update(retrieval_map(sims, torch.from_numpy(owner)))
+        if not two_stage:
+            out.update(retrieval_metrics(sims, own))
+            out.update(retrieval_map(sims, own))
         if not pairwise:
-            out.update(embedding_diagnostics(img, txt, torch.from_numpy(owner)))
+            out.update(embedding_diagnostics(img, txt, own))
         negs = split.extras.get("negatives")
         if negs:
-            pos_idx = np.cumsum([0] + [len(c) for c in split.captions[:-1]])
-            pos = sims[
-                torch.arange(len(split)),
-                torch.from_numpy(pos_idx + [n["positive"] for n in negs]),
-            ]
+            pos_idx = torch.from_numpy(
+                np.cumsum([0] + [len(c) for c in split.captions[:-1]])
+                + [n["positive"] for n in negs]
+            )
+            rows = torch.arange(len(split))
             neg_texts = [n["caption"] for n in negs]
             if pairwise:
+                pos = sims[rows, pos_idx]
                 neg = pair_scores(model, split.images, neg_texts, batch_size).diagonal()
+            elif two_stage:
+                pos = (
+                    match_pairs(model, regions, words, wmask, rows, pos_idx) + first[rows, pos_idx]
+                )
+                n_emb, n_words, n_mask = two_stage_texts(model, neg_texts, batch_size)
+                neg = match_pairs(model, regions, n_words, n_mask, rows, rows) + (img * n_emb).sum(
+                    1
+                )
             else:
+                pos = sims[rows, pos_idx]
                 neg = (img * embed_texts(model, neg_texts, batch_size)).sum(1)
             out.update(hard_negative_accuracy(pos.cpu().numpy(), neg.cpu().numpy()))
         out["_sims"] = sims
@@ -147,6 +275,14 @@ def evaluate_winoground(model: Any, data: ImageTextData, batch_size: int = 256) 
             full = pair_scores(model, images, captions, batch_size)  # (2g images, 2g captions)
             blocks = full.reshape(g, 2, g, 2).diagonal(dim1=0, dim2=2)  # (2 i, 2 c, g)
             scores = blocks.permute(2, 1, 0)  # (g, caption, image)
+        elif getattr(model, "two_stage", False):  # the re-ranking score of each of the 4 pairs
+            img, regions = two_stage_images(model, images, batch_size)
+            txt, words, wmask = two_stage_texts(model, captions, batch_size)
+            grp = torch.arange(g).repeat_interleave(4)
+            cap = 2 * grp + torch.tensor([0, 0, 1, 1]).repeat(g)
+            im = 2 * grp + torch.tensor([0, 1, 0, 1]).repeat(g)
+            cos = (img[im] * txt[cap]).sum(1)
+            scores = (match_pairs(model, regions, words, wmask, im, cap) + cos).reshape(g, 2, 2)
         else:
             img = embed_images(model, images, batch_size).reshape(g, 2, -1)
             txt = embed_texts(model, captions, batch_size).reshape(g, 2, -1)

@@ -112,7 +112,9 @@ class History:
 class Trainer:
     """Train an image-text model: a dual encoder (the loss on its two embeddings) or a
     pairwise model such as SCAN (``model.pairwise``; the loss's ``from_similarity`` on the
-    model's own batch score matrix).
+    model's own batch score matrix), or a model with its own objective around the
+    configured loss, such as ALBEF (``model.training_loss(batch, loss)``; the history then
+    records each part it logs).
 
     Args:
         cfg: the resolved experiment config.
@@ -160,6 +162,13 @@ class Trainer:
         if cfg.train.batch_size < 2:
             raise ConfigError(f"train.batch_size must be >= 2, got {cfg.train.batch_size}")
         self.pairwise = bool(getattr(self.model, "pairwise", False))
+        self.composite = callable(getattr(self.model, "training_loss", None))
+        self.last_logs: dict[str, float] = {}
+        if self.composite and (self.world > 1 or cfg.train.grad_cache_chunk):
+            raise ConfigError(
+                f"model {cfg.model.name!r} trains on its own objective (training_loss): it "
+                "trains in one process without GradCache (train.grad_cache_chunk: null)"
+            )
         if self.pairwise:
             if not callable(getattr(self.loss_fn, "from_similarity", None)):
                 raise ConfigError(
@@ -249,7 +258,9 @@ class Trainer:
         batch = self.batch(epoch, index, pairs)
         self.optimizer.zero_grad(set_to_none=True)
         chunk = self.cfg.train.grad_cache_chunk
-        if self.pairwise:  # the model's own (B, B) score matrix
+        if self.composite:  # the model's own objective around the configured loss
+            out = self.model.training_loss(batch, self.loss_fn)  # type: ignore[operator]
+        elif self.pairwise:  # the model's own (B, B) score matrix
             out = self.loss_fn.from_similarity(self.model(batch["images"], batch["text"]))  # type: ignore[operator]
         elif chunk:
             out = grad_cache_step(self.model, self.loss_fn, batch["images"], batch["text"], chunk)
@@ -259,6 +270,7 @@ class Trainer:
                 a, b = all_gather_with_grad(a), all_gather_with_grad(b)
             out = self.loss_fn(a, b)
         value = float(out.loss.detach())
+        self.last_logs = dict(out.logs)
         if not math.isfinite(value):
             latest = latest_checkpoint(self.run_dir / "checkpoints")
             raise TrainingDivergedError(
@@ -302,6 +314,7 @@ class Trainer:
         return {
             "images": images_to_tensor(split.images[imgs], self.device),
             "text": {k: v.to(self.device) for k, v in prep.items()},
+            "image_ids": torch.from_numpy(np.asarray(imgs, dtype=np.int64)).to(self.device),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -423,6 +436,7 @@ class Trainer:
                 dynamic_ncols=True,
             )
             losses: list[float] = []
+            parts: list[dict[str, float]] = []
             t0 = time.perf_counter()
             for index in range(first, last):
                 for g in self.optimizer.param_groups:
@@ -436,15 +450,19 @@ class Trainer:
                 self.step += 1
                 run_steps += 1
                 losses.append(value)
+                parts.append(self.last_logs)
                 elapsed = time.perf_counter() - t0
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{value:.3f}", pairs_s=f"{len(losses) * bs / max(elapsed, 1e-9):.0f}"
                 )
                 if self.step % log_every == 0:
-                    self.history.train.append(
-                        {"step": float(self.step), "loss": float(np.mean(losses[-log_every:]))}
-                    )
+                    row = {"step": float(self.step), "loss": float(np.mean(losses[-log_every:]))}
+                    if self.composite:  # its parts too (ITC, ITM, MLM, ...)
+                        window = parts[-log_every:]
+                        for key in window[-1]:
+                            row[key] = float(np.mean([p.get(key, np.nan) for p in window]))
+                    self.history.train.append(row)
                 boundary = self.step % spe == 0 or self.step == self.total_steps
                 if stop_after is not None and run_steps >= stop_after:
                     self.save()

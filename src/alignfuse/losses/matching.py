@@ -44,6 +44,7 @@ def matching(
     sims: torch.Tensor,
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    positive_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ITM loss with hard negatives.
 
@@ -53,6 +54,8 @@ def matching(
         a, b: ``(N, ...)`` inputs of the head (embeddings, token sequences, ...).
         sims: ``(N, N)`` similarities that weight the negatives (detached).
         labels: optional classes; pairs of equal labels are never drawn as negatives.
+        positive_mask: or an ``(N, N)`` bool mask of the pairs never drawn as negatives
+            (it must mark the diagonal).
 
     Returns:
         ``(loss, logits (3N, 2), targets (3N,))``.
@@ -66,11 +69,13 @@ def matching(
         raise ValueError("matching needs a batch of at least 2 pairs (there are no negatives)")
     if not torch.isfinite(sims).all():
         raise ValueError("sims contains NaN or Inf")
-    pos = make_positive_mask(n, sims.device, labels)
+    pos = make_positive_mask(n, sims.device, labels, positive_mask)
     neg_b, neg_a = sample_hard_negatives(sims, pos, generator)
     idx = torch.arange(n, device=a.device)
-    left = torch.cat([a, a, a[neg_a.to(a.device)]])
-    right = torch.cat([b, b[neg_b.to(b.device)], b])
+    # index_select, not a[idx]: its backward sums repeated rows in a fixed order (advanced
+    # indexing's CPU backward accumulates them in a thread-dependent order)
+    left = torch.cat([a, a, a.index_select(0, neg_a.to(a.device))])
+    right = torch.cat([b, b.index_select(0, neg_b.to(b.device)), b])
     logits = head(left, right)
     if logits.shape != (3 * n, 2):
         raise ValueError(f"head must return (M, 2) logits, got {tuple(logits.shape)}")

@@ -1,0 +1,280 @@
+"""ALBEF as a trainable model: BERT masking, one-pass features equal to the towers', a fusion
+that ignores padding and other rows, an objective that is the sum of its parts, hard
+negatives that are never positives, and the two-stage re-ranking equal to a loop."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alignfuse.config import load_config
+from alignfuse.encoders.image import SmallCNN, TinyViT
+from alignfuse.encoders.text import BiGRUTextEncoder, TransformerTextEncoder
+from alignfuse.encoders.tokenizer import Tokenizer
+from alignfuse.engine import Trainer, load_data
+from alignfuse.engine.evaluate import (
+    evaluate_split,
+    evaluate_winoground,
+    images_to_tensor,
+    rerank,
+    two_stage_images,
+    two_stage_metrics,
+    two_stage_texts,
+)
+from alignfuse.errors import ConfigError
+from alignfuse.losses import InfoNCELoss
+from alignfuse.losses.matching import matching, sample_hard_negatives
+from alignfuse.metrics import retrieval_map, retrieval_metrics, winoground_scores
+from alignfuse.models import build_albef, mask_words
+from alignfuse.models.albef import MASK_ID
+
+ALBEF_OVERRIDES = [
+    "model.name=albef",
+    "model.args={image_args: {width: 4, out_dim: 16}, text_args: {word_dim: 8, hidden: 8}, "
+    "width: 16, heads: 2, rerank_k: 4}",
+]
+
+
+def _trainer(tmp_path, tiny, extra=(), name="albef"):
+    cfg = load_config(None, [*tiny, *ALBEF_OVERRIDES, *extra, f"name={name}"])
+    return Trainer(cfg, load_data(cfg), tmp_path / name, progress=False, log=lambda m: None)
+
+
+def _tiny_model(**kw):
+    tok = Tokenizer.build(["a red circle above a blue square", "two green stars", "one cross"])
+    model = build_albef(
+        tok, embed_dim=16, width=16, heads=2, image_args={"width": 4, "out_dim": 16}, **kw
+    )
+    return tok, model.eval()
+
+
+def test_mask_words_follows_bert_masking():
+    g = torch.Generator().manual_seed(0)
+    b, length, vocab = 4000, 12, 50
+    lengths = torch.randint(1, length + 1, (b,), generator=g)
+    ids = torch.randint(2, vocab, (b, length), generator=g)
+    valid = torch.arange(length)[None, :] < lengths[:, None]
+    ids[~valid] = 0
+    masked, chosen = mask_words(ids, lengths, vocab, 0.15, generator=g)
+    assert not (chosen & ~valid).any() and chosen.any(1).all()  # valid words, >= 1 each
+    assert torch.equal(masked[~chosen], ids[~chosen])  # padding and unchosen words kept
+    # ~15% of the words (plus the forced one where none was drawn); binomial tolerance
+    n_valid = int(valid.sum())
+    # expected count: each word with 0.15, plus one forced where a caption drew none
+    expect = 0.15 * n_valid + float(((1 - 0.15) ** lengths.double()).sum())
+    assert abs(int(chosen.sum()) - expect) < 5 * np.sqrt(expect)
+    c = int(chosen.sum())
+    as_mask = int((masked[chosen] == MASK_ID).sum())
+    kept = int((masked[chosen] == ids[chosen]).sum())
+    assert abs(as_mask / c - 0.8) < 0.02
+    # kept: the 10% left alone plus random draws that hit the same word (1 in 48)
+    assert abs(kept / c - (0.1 + 0.1 / (vocab - 2))) < 0.015
+    assert (masked[chosen] >= 1).all() and (masked[chosen] < vocab).all()
+    _, chosen2 = mask_words(ids, lengths, vocab, 0.15, generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(chosen2, chosen)
+    with pytest.raises(ValueError, match="probability"):
+        mask_words(ids, lengths, vocab, 0.0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tok: SmallCNN(4, 16),
+        lambda tok: TinyViT(image_size=32, patch=8, dim=16, depth=1, heads=2, out_dim=16),
+        lambda tok: BiGRUTextEncoder(tok, 8, 8),
+        lambda tok: TransformerTextEncoder(tok, 16, 1, 2),
+    ],
+)
+def test_encode_is_forward_and_tokens_in_one_pass(make):
+    tok = Tokenizer.build(["a red circle", "two blue squares above a star"])
+    enc = make(tok).eval()
+    with torch.no_grad():
+        if getattr(enc, "modality", "") == "image":
+            x = (torch.rand(3, 3, 32, 32),)
+        else:
+            prep = tok.batch(["a red circle", "two blue squares above a star", "star"])
+            x = (prep["ids"], prep["lengths"])
+        glob, tokens = enc.encode(*x)
+        assert torch.allclose(glob, enc(*x), atol=1e-6)
+        assert torch.allclose(tokens, enc.tokens(*x), atol=1e-6)
+
+
+def test_fusion_ignores_padding_and_the_other_rows():
+    _, model = _tiny_model()
+    texts = ["a red circle above a blue square", "one cross"]
+    with torch.no_grad():
+        _, regions = model.image_features(torch.rand(2, 3, 64, 64))
+        _, words, mask = model.text_features(model.prepare_text(texts))
+        both = model.match_logits(regions, words, mask)
+        for i in range(2):  # alone, unpadded
+            n = int(mask[i].sum())
+            one = model.match_logits(regions[i : i + 1], words[i : i + 1, :n], mask[i : i + 1, :n])
+            assert torch.allclose(one, both[i : i + 1], atol=1e-5)
+        # extra padding changes nothing
+        pad_w, pad_m = F.pad(words, (0, 0, 0, 3), value=7.0), F.pad(mask, (0, 3))
+        assert torch.allclose(model.match_logits(regions, pad_w, pad_m), both, atol=1e-5)
+        with pytest.raises(ValueError, match="paired rows"):
+            model.fuse(regions[:1], words, mask)
+
+
+def test_objective_is_itc_plus_itm_plus_mlm():
+    tok, model = _tiny_model()
+    model.train()
+    texts = ["a red circle above a blue square", "two green stars", "one cross", "two green stars"]
+    batch = {"images": torch.rand(4, 3, 64, 64), "text": model.prepare_text(texts)}
+    loss = InfoNCELoss()
+    torch.manual_seed(3)
+    out = model.training_loss(batch, loss)
+    # the same parts, assembled by hand from the public pieces with the same draws
+    torch.manual_seed(3)
+    img, regions = model.image_features(batch["images"])
+    txt, words, wmask = model.text_features(batch["text"])
+    itc = loss(img, txt).loss
+    assert torch.allclose(img, model.encode_image(batch["images"]), atol=1e-6)
+    assert torch.allclose(txt, model.encode_text(batch["text"]), atol=1e-6)
+    positives = torch.eye(4, dtype=torch.bool)
+    positives[1, 3] = positives[3, 1] = True  # identical captions are never negatives
+    sims = (img @ txt.T).detach() / 0.07
+    itm, _, _ = matching(
+        lambda r, i: model.match_logits(r, words[i], wmask[i]),
+        regions,
+        torch.arange(4),
+        sims,
+        positive_mask=positives,
+    )
+    ids, lengths = batch["text"]["ids"], batch["text"]["lengths"]
+    masked, chosen = mask_words(ids, lengths, len(tok))
+    states = model.fuse(regions, model.word_fuse(model.text_encoder.tokens(masked, lengths)), wmask)
+    mlm = F.cross_entropy(model.mlm_head(states[:, 1:][chosen]), ids[chosen])
+    assert torch.allclose(out.loss, itc + itm + mlm, atol=1e-5)
+    assert out.logs["itc"] == pytest.approx(float(itc.detach()), abs=1e-5)
+    assert out.logs["mlm"] == pytest.approx(float(mlm.detach()), abs=1e-5)
+    # switched-off parts leave the contrastive loss alone
+    _, only_itc = _tiny_model(itm_weight=0.0, mlm_weight=0.0)
+    assert only_itc.mlm_head is None
+    part = only_itc.training_loss(batch, loss)
+    assert set(part.logs) == {"temperature", "itc"}
+
+
+def test_hard_negatives_are_never_positives_and_follow_the_similarity():
+    g = torch.Generator().manual_seed(0)
+    sims = torch.tensor(
+        [[0.0, 2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 3.0], [0.0, 0.0, 0.0, 0.0]]
+    )
+    pos = torch.eye(4, dtype=torch.bool)
+    pos[0, 1] = pos[1, 0] = True
+    counts = torch.zeros(4, 4)
+    for _ in range(4000):
+        neg_b, _ = sample_hard_negatives(sims, pos, g)
+        counts[torch.arange(4), neg_b] += 1
+    assert (counts[pos] == 0).all()
+    # row 0 draws among captions 2, 3 with odds e^1 : e^0
+    p = counts[0, 2] / counts[0].sum()
+    assert abs(float(p) - np.e / (np.e + 1)) < 0.03
+
+
+def test_rerank_equals_a_loop_over_queries():
+    _, model = _tiny_model(rerank_k=3)
+    texts = [
+        "a red circle",
+        "two green stars",
+        "one cross",
+        "a blue square",
+        "two stars",
+        "a circle",
+        "cross",
+    ]
+    images = (np.random.default_rng(0).random((5, 64, 64, 3)) * 255).astype(np.uint8)
+    img, regions = two_stage_images(model, images, batch_size=2)
+    txt, words, wmask = two_stage_texts(model, texts, batch_size=3)
+    sims = img @ txt.T
+    i2t, t2i = rerank(model, sims, regions, words, wmask, k=3, batch_size=4)
+
+    def score(i, c):
+        n = int(wmask[c].sum())
+        with torch.no_grad():
+            m = model.match_scores(regions[i : i + 1], words[c : c + 1, :n], wmask[c : c + 1, :n])
+        return float(m) + float(sims[i, c])
+
+    for i in range(5):  # image to text: top 3 re-scored first, then the rest by similarity
+        top = sims[i].argsort(descending=True).tolist()
+        want = sorted(top[:3], key=lambda c: -score(i, c)) + top[3:]
+        assert i2t[i].argsort(descending=True).tolist() == want
+        for c in top[:3]:
+            assert float(i2t[i, c]) == pytest.approx(score(i, c), abs=1e-5)
+    for c in range(len(texts)):
+        top = sims[:, c].argsort(descending=True).tolist()
+        want = sorted(top[:3], key=lambda i: -score(i, c)) + top[3:]
+        assert t2i[:, c].argsort(descending=True).tolist() == want
+    # metrics read each direction from its own matrix
+    owner = torch.tensor([0, 1, 2, 3, 4, 0, 2])
+    same = two_stage_metrics(sims, sims, owner)
+    assert same == pytest.approx({**retrieval_metrics(sims, owner), **retrieval_map(sims, owner)})
+    m = two_stage_metrics(i2t, t2i, owner)
+    assert m["i2t_r1"] == retrieval_metrics(i2t, owner)["i2t_r1"]
+    assert m["t2i_r1"] == retrieval_metrics(t2i, owner)["t2i_r1"]
+
+
+def test_trainer_trains_albef_resumes_exactly_and_evaluates_two_stage(tmp_path, tiny_overrides):
+    full = _trainer(tmp_path, tiny_overrides, name="full")
+    hist = full.fit()
+    assert {"itc", "itm", "mlm", "itm_acc"} <= hist.train[0].keys()
+    assert hist.train[-1]["loss"] < hist.train[0]["loss"] and hist.val
+    part = _trainer(tmp_path, tiny_overrides, name="part")
+    part.fit(stop_after=7)
+    part = _trainer(tmp_path, tiny_overrides, name="part")
+    part.fit(resume=True)  # the negatives and the masks come from the checkpointed RNG
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, part.model.state_dict()[k]), k
+    test = full.data["test"]
+    res = evaluate_split(full.model, test)
+    res.pop("_sims")
+    assert {
+        "rsum",
+        "itc_rsum",
+        "i2t_map",
+        "itc_t2i_map",
+        "modality_gap",
+        "hard_negative_acc",
+    } <= res.keys()
+    # the hard-negative score is the re-ranking score of the two pairs
+    model = full.model.eval()
+    img, regions = two_stage_images(model, test.images)
+    negs = test.extras["negatives"]
+    with torch.no_grad():
+        pos_txt = [test.captions[i][n["positive"]] for i, n in enumerate(negs)]
+        p_emb, p_w, p_m = model.text_features(model.prepare_text(pos_txt))
+        n_emb, n_w, n_m = model.text_features(model.prepare_text([n["caption"] for n in negs]))
+        pos = model.match_scores(regions, p_w, p_m) + (img * p_emb).sum(1)
+        neg = model.match_scores(regions, n_w, n_m) + (img * n_emb).sum(1)
+    assert res["hard_negative_acc"] == pytest.approx(float((pos > neg).double().mean()))
+
+
+def test_winoground_of_a_two_stage_model_equals_a_loop_over_groups(tmp_path, tiny_overrides):
+    tr = _trainer(tmp_path, tiny_overrides)
+    model, wino = tr.model.eval(), tr.data.winoground
+    scores = np.zeros((len(wino), 2, 2))
+    with torch.no_grad():
+        for g in range(len(wino)):
+            img, regions = model.image_features(images_to_tensor(wino.images[g]))
+            txt, words, mask = model.text_features(model.prepare_text(list(wino.captions[g])))
+            for c in range(2):
+                for i in range(2):
+                    m = model.match_scores(regions[i : i + 1], words[c : c + 1], mask[c : c + 1])
+                    scores[g, c, i] = float(m) + float(img[i] @ txt[c])
+    assert evaluate_winoground(model, tr.data) == pytest.approx(winoground_scores(scores))
+
+
+def test_albef_rejects_what_it_cannot_train(tmp_path, tiny_overrides):
+    with pytest.raises(ConfigError, match="GradCache"):
+        _trainer(tmp_path, tiny_overrides, ["train.grad_cache_chunk=4"])
+    with pytest.raises(ValueError, match="word features"):
+        _trainer(tmp_path, tiny_overrides, ["model.text_encoder=minilm"])
+    with pytest.raises(ValueError, match="multiple of heads"):
+        build_albef(Tokenizer.build(["a b"]), width=30, heads=4)
+    for bad in ({"mlm_probability": 0.0}, {"itm_weight": -1.0}, {"rerank_k": 0}, {"depth": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            build_albef(Tokenizer.build(["a b"]), **bad)
+    _, model = _tiny_model(max_regions=4)
+    with pytest.raises(ValueError, match="max_regions"):
+        model.image_features(torch.rand(1, 3, 64, 64))
