@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from alignfuse.config import load_config
 from alignfuse.encoders.image import SmallCNN, TinyViT
@@ -26,7 +27,7 @@ from alignfuse.losses import InfoNCELoss
 from alignfuse.losses.matching import matching, sample_hard_negatives
 from alignfuse.metrics import retrieval_map, retrieval_metrics, winoground_scores
 from alignfuse.models import build_albef, mask_words
-from alignfuse.models.albef import MASK_ID
+from alignfuse.models.albef import MASK_ID, FusionLayer
 
 ALBEF_OVERRIDES = [
     "model.name=albef",
@@ -115,6 +116,29 @@ def test_fusion_ignores_padding_and_the_other_rows():
         assert torch.allclose(model.match_logits(regions, pad_w, pad_m), both, atol=1e-5)
         with pytest.raises(ValueError, match="paired rows"):
             model.fuse(regions[:1], words, mask)
+        with pytest.raises(ValueError, match="region_index"):
+            model.fuse(regions, words, mask, torch.tensor([0, 2]))
+
+
+def test_fusion_layer_equals_torch_attention_and_shares_keys_per_image():
+    torch.manual_seed(0)
+    layer = FusionLayer(16, 4).eval()
+    x, regions = torch.randn(5, 7, 16), torch.randn(3, 9, 16)
+    x_mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 5, 1, 7])[:, None]
+    index = torch.tensor([2, 0, 2, 1, 0])
+    # the reference: torch's MultiheadAttention with the same weights, on gathered regions
+    ref = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([layer.query.weight, layer.key_value.weight]))
+        ref.in_proj_bias.copy_(torch.cat([layer.query.bias, layer.key_value.bias]))
+        ref.out_proj.load_state_dict(layer.out.state_dict())
+        h = layer.norms[0](x + layer.self_att(x, x, x, key_padding_mask=~x_mask)[0])
+        r = regions[index]
+        h = layer.norms[1](h + ref(h, r, r, need_weights=False)[0])
+        want = layer.norms[2](h + layer.ffn(h))
+        got = layer(x, x_mask, regions, index)
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.allclose(layer(x, x_mask, regions[index]), got, atol=1e-6)
 
 
 def test_objective_is_itc_plus_itm_plus_mlm():
@@ -135,7 +159,7 @@ def test_objective_is_itc_plus_itm_plus_mlm():
     positives = torch.eye(4, dtype=torch.bool)
     positives[1, 3] = positives[3, 1] = True  # identical captions are never negatives
     sims = (img @ txt.T).detach() / 0.07
-    itm, _, _ = matching(
+    itm, _, _ = matching(  # on gathered rows, the other way round from the model's indices
         lambda r, i: model.match_logits(r, words[i], wmask[i]),
         regions,
         torch.arange(4),

@@ -137,15 +137,13 @@ def match_pairs(
     text_idx: torch.Tensor,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """``model.match_scores`` of the pairs ``(image_idx[j], text_idx[j])``, in batches."""
-    out = [
-        model.match_scores(
-            regions[image_idx[i : i + batch_size]],
-            words[text_idx[i : i + batch_size]],
-            word_mask[text_idx[i : i + batch_size]],
-        )
-        for i in range(0, len(image_idx), batch_size)
-    ]
+    """``model.match_scores`` of the pairs ``(image_idx[j], text_idx[j])``, in batches;
+    each batch passes its distinct images once, with ``region_index``."""
+    out = []
+    for i in range(0, len(image_idx), batch_size):
+        uniq, inverse = torch.unique(image_idx[i : i + batch_size], return_inverse=True)
+        txt = text_idx[i : i + batch_size]
+        out.append(model.match_scores(regions[uniq], words[txt], word_mask[txt], inverse))
     return torch.cat(out) if out else regions.new_zeros(0)
 
 

@@ -309,12 +309,7 @@ class BottleneckFusion(_Projected):
         return self.out(pooled)  # type: ignore[no-any-return]
 
 
-class CrossLayer(nn.Module):
-    """A BERT-style layer with cross attention (post-norm): self attention over ``q``
-    (padding ``q_mask`` optional), cross attention from ``q`` to ``kv`` (``mask`` marks its
-    valid rows), a feed-forward block. The layer of Q-Former's queries and of ALBEF's
-    multimodal encoder."""
-
+class _QLayer(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.self_att = nn.MultiheadAttention(width, heads, batch_first=True)
@@ -322,15 +317,8 @@ class CrossLayer(nn.Module):
         self.ffn = _ffn(width)
         self.n = nn.ModuleList(nn.LayerNorm(width) for _ in range(3))
 
-    def forward(
-        self,
-        q: torch.Tensor,
-        kv: torch.Tensor,
-        mask: torch.Tensor,
-        q_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        pad = None if q_mask is None else ~q_mask
-        q = self.n[0](q + self.self_att(q, q, q, key_padding_mask=pad, need_weights=False)[0])
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = self.n[0](q + self.self_att(q, q, q, need_weights=False)[0])
         q = self.n[1](q + self.cross(q, kv, kv, key_padding_mask=~mask, need_weights=False)[0])
         return self.n[2](q + self.ffn(q))  # type: ignore[no-any-return]
 
@@ -352,7 +340,7 @@ class QFormerFusion(_Projected):
     ) -> None:
         super().__init__(dims, out_dim, width, heads)
         self.queries = nn.Parameter(torch.randn(1, n_queries, width) * 0.02)
-        self.layers = nn.ModuleList(CrossLayer(width, heads) for _ in range(layers))
+        self.layers = nn.ModuleList(_QLayer(width, heads) for _ in range(layers))
         self.out = nn.Linear(width, out_dim)
 
     def query_outputs(

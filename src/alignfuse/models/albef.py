@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.encoders.tokenizer import Tokenizer
-from alignfuse.fusion.attention import CrossLayer
 from alignfuse.losses.matching import matching
 from alignfuse.models.dual_encoder import DualEncoder, build_towers
 from alignfuse.outputs import LossOutput
@@ -78,6 +77,52 @@ def mask_words(
     out = torch.where(chosen & (how < 0.8), torch.full_like(ids, MASK_ID), out)
     out = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, out)
     return out, chosen
+
+
+class FusionLayer(nn.Module):
+    """One layer of the multimodal encoder, BERT-style (post-norm): self attention over the
+    words, cross attention from the words to the region tokens, a feed-forward block.
+
+    The cross attention's keys and values are computed once per image: ``regions`` holds
+    one row per distinct image and ``region_index`` (optional) says which image each word
+    row attends to, so the ``3N`` ITM pairs and ``N`` MLM captions of a batch of ``N``
+    pairs project the ``N`` images' tokens once, not ``4N`` times.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.self_att = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.query = nn.Linear(width, width)
+        self.key_value = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+        self.ffn = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(3))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        return x.reshape(b, n, self.heads, w // self.heads).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_mask: torch.Tensor,
+        regions: torch.Tensor,
+        region_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        att = self.self_att(x, x, x, key_padding_mask=~x_mask, need_weights=False)[0]
+        x = self.norms[0](x + att)
+        key, value = self.key_value(regions).chunk(2, dim=-1)
+        if region_index is not None:  # index_select: a fixed-order backward (see matching)
+            key, value = key.index_select(0, region_index), value.index_select(0, region_index)
+        cross = F.scaled_dot_product_attention(
+            self._split(self.query(x)), self._split(key), self._split(value)
+        )
+        x = self.norms[1](x + self.out(cross.transpose(1, 2).reshape(x.shape)))
+        out: torch.Tensor = self.norms[2](x + self.ffn(x))
+        return out
 
 
 class ALBEF(DualEncoder):
@@ -162,7 +207,7 @@ class ALBEF(DualEncoder):
         self.word_fuse = nn.Linear(int(text_encoder.out_dim), width)  # type: ignore[arg-type]
         self.region_pos = nn.Parameter(torch.randn(1, max_regions, width) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-        self.layers = nn.ModuleList(CrossLayer(width, heads) for _ in range(depth))
+        self.layers = nn.ModuleList(FusionLayer(width, heads) for _ in range(depth))
         self.itm_head = nn.Linear(width, 2)
         self.mlm_head = (
             nn.Sequential(
@@ -209,33 +254,57 @@ class ALBEF(DualEncoder):
         )
 
     def fuse(
-        self, regions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+        self,
+        regions: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        region_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The multimodal encoder on paired rows: ``(B, 1 + L, width)``, ``[CLS]`` first."""
-        if regions.shape[0] != words.shape[0] or word_mask.shape != words.shape[:2]:
+        """The multimodal encoder: ``(B, 1 + L, width)``, ``[CLS]`` first. Row ``i`` of
+        ``words`` attends ``regions[i]``, or ``regions[region_index[i]]`` when given."""
+        rows = words.shape[0] if region_index is None else region_index.shape[0]
+        if (
+            word_mask.shape != words.shape[:2]
+            or rows != words.shape[0]
+            or (region_index is None and regions.shape[0] != words.shape[0])
+        ):
             raise ValueError(
-                f"regions {tuple(regions.shape)}, words {tuple(words.shape)} and word_mask "
-                f"{tuple(word_mask.shape)} are not paired rows"
+                f"regions {tuple(regions.shape)}, words {tuple(words.shape)}, word_mask "
+                f"{tuple(word_mask.shape)} and region_index "
+                f"{None if region_index is None else tuple(region_index.shape)} are not paired rows"
             )
+        if (
+            region_index is not None
+            and len(region_index)
+            and (int(region_index.min()) < 0 or int(region_index.max()) >= regions.shape[0])
+        ):
+            raise ValueError(f"region_index must be in [0, {regions.shape[0]}) (one per image)")
         x = torch.cat([self.cls.expand(len(words), -1, -1), words], 1)
-        q_mask = F.pad(word_mask, (1, 0), value=True)
-        kv_mask = torch.ones(regions.shape[:2], dtype=torch.bool, device=regions.device)
+        x_mask = F.pad(word_mask, (1, 0), value=True)
         for layer in self.layers:
-            x = layer(x, regions, kv_mask, q_mask)
+            x = layer(x, x_mask, regions, region_index)
         return x
 
     def match_logits(
-        self, regions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+        self,
+        regions: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        region_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ITM logits ``(B, 2)`` of paired rows (index 1 = match)."""
-        out: torch.Tensor = self.itm_head(self.fuse(regions, words, word_mask)[:, 0])
+        """ITM logits ``(B, 2)`` of paired rows (index 1 = match); see :meth:`fuse`."""
+        out: torch.Tensor = self.itm_head(self.fuse(regions, words, word_mask, region_index)[:, 0])
         return out
 
     def match_scores(
-        self, regions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+        self,
+        regions: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        region_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The paper's ITM score of paired rows: the match logit, ``(B,)``."""
-        return self.match_logits(regions, words, word_mask)[:, 1]
+        return self.match_logits(regions, words, word_mask, region_index)[:, 1]
 
     # ------------------------------------------------------------------ training
 
@@ -263,11 +332,12 @@ class ALBEF(DualEncoder):
             sims = (img @ txt.T).detach() * scale
             rows = torch.arange(len(ids), device=ids.device)
 
-            def head(r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            def head(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+                # the pairs are indices: each image's keys and values are projected once;
                 # index_select: a fixed-order backward over repeated rows (see matching)
-                return self.match_logits(r, words.index_select(0, idx), wmask[idx])
+                return self.match_logits(regions, words.index_select(0, text), wmask[text], image)
 
-            itm, logits, targets = matching(head, regions, rows, sims, positive_mask=positives)
+            itm, logits, targets = matching(head, rows, rows, sims, positive_mask=positives)
             total = total + self.itm_weight * itm
             logs["itm"] = float(itm.detach())
             logs["itm_acc"] = float((logits.argmax(1) == targets).float().mean())
