@@ -296,9 +296,89 @@ def test_albef_rejects_what_it_cannot_train(tmp_path, tiny_overrides):
         _trainer(tmp_path, tiny_overrides, ["model.text_encoder=minilm"])
     with pytest.raises(ValueError, match="multiple of heads"):
         build_albef(Tokenizer.build(["a b"]), width=30, heads=4)
-    for bad in ({"mlm_probability": 0.0}, {"itm_weight": -1.0}, {"rerank_k": 0}, {"depth": 0}):
+    for bad in (
+        {"mlm_probability": 0.0},
+        {"itm_weight": -1.0},
+        {"rerank_k": 0},
+        {"depth": 0},
+        {"momentum": 1.0},
+        {"queue_size": 8},
+        {"distill_alpha": 1.5},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             build_albef(Tokenizer.build(["a b"]), **bad)
     _, model = _tiny_model(max_regions=4)
     with pytest.raises(ValueError, match="max_regions"):
         model.image_features(torch.rand(1, 3, 64, 64))
+
+
+def test_momentum_teacher_is_an_ema_and_the_queue_is_fifo():
+    _, model = _tiny_model(momentum=0.9, queue_size=6)
+    model.train()
+    teacher = model.momentum_model
+    own = {n: p for n, p in model.named_parameters() if not n.startswith("momentum_model.")}
+    assert all(torch.equal(p, own[n]) for n, p in teacher.named_parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():  # move the student away from its teacher
+        for p in own.values():
+            p.add_(0.1)
+    before = {n: p.clone() for n, p in teacher.named_parameters()}
+    texts = ["a red circle above a blue square", "two green stars", "one cross", "two stars"]
+    batch = {"images": torch.rand(4, 3, 64, 64), "text": model.prepare_text(texts)}
+    model.training_loss(batch, InfoNCELoss())
+    for n, p in teacher.named_parameters():
+        assert torch.allclose(p, 0.9 * before[n] + 0.1 * own[n], atol=1e-6), n
+    with torch.no_grad():
+        img_m = teacher.image_features(batch["images"])[0]
+    assert (
+        torch.allclose(model.image_queue[:, :4], img_m.T, atol=1e-6) and int(model.queue_ptr) == 4
+    )
+    model.training_loss(batch, InfoNCELoss())  # 4 more: columns 4, 5, then 0, 1
+    assert int(model.queue_ptr) == 2
+    assert "momentum_model.image_proj.weight" in model.state_dict()  # checkpointed
+
+
+def test_distilled_contrastive_loss_equals_its_formula():
+    _, model = _tiny_model(momentum=0.5, queue_size=3, distill_alpha=0.3)
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(4, 16), dim=1), F.normalize(torch.randn(4, 16), dim=1)
+    img_m, txt_m = F.normalize(torch.randn(4, 16), dim=1), F.normalize(torch.randn(4, 16), dim=1)
+    loss = InfoNCELoss()
+    scale = float(loss.logit_scale.detach().exp())
+    iq, tq = model.image_queue.clone(), model.text_queue.clone()
+    got = model._distilled_itc(img, txt, img_m, txt_m, loss).loss
+    keys_t, keys_i = torch.cat([txt_m, tq.T]), torch.cat([img_m, iq.T])
+    total = 0.0
+    for i in range(4):  # one row at a time: soft targets from the teacher, one-hot on the pair
+        for q, keys, q_m in ((img[i], keys_t, img_m[i]), (txt[i], keys_i, txt_m[i])):
+            onehot = torch.zeros(7)
+            onehot[i] = 1.0
+            target = 0.3 * torch.softmax(q_m @ keys.T * scale, 0) + 0.7 * onehot
+            total += float(-(target * torch.log_softmax(q @ keys.T * scale, 0)).sum())
+    assert float(got.detach()) == pytest.approx(total / 8, abs=1e-5)
+    # without distillation and without a queue it is InfoNCE against the teacher's features
+    _, plain = _tiny_model(momentum=0.5, distill_alpha=0.0)
+    want = (
+        F.cross_entropy(img @ txt_m.T * scale, torch.arange(4))
+        + F.cross_entropy(txt @ img_m.T * scale, torch.arange(4))
+    ) / 2
+    assert float(plain._distilled_itc(img, txt, img_m, txt_m, loss).loss.detach()) == pytest.approx(
+        float(want), abs=1e-5
+    )
+
+
+def test_trainer_resumes_albef_with_its_teacher_and_queue_exactly(tmp_path, tiny_overrides):
+    extra = [
+        "model.args={image_args: {width: 4, out_dim: 16}, text_args: {word_dim: 8, hidden: 8}, "
+        "width: 16, heads: 2, rerank_k: 4, momentum: 0.9, queue_size: 40}"
+    ]
+    full = _trainer(tmp_path, tiny_overrides, extra, name="full")
+    full.fit()
+    part = _trainer(tmp_path, tiny_overrides, extra, name="part")
+    part.fit(stop_after=7)
+    part = _trainer(tmp_path, tiny_overrides, extra, name="part")
+    part.fit(resume=True)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, part.model.state_dict()[k]), k
+    with pytest.raises(ValueError, match="logit_scale"):
+        _trainer(tmp_path, tiny_overrides, [*extra, "loss.name=triplet"], name="t").fit()

@@ -128,6 +128,65 @@ def two_stage_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CAPTIONING: list[tuple[str, str]] = [
+    ("BLEU-1", "test/bleu_1"),
+    ("BLEU-4", "test/bleu_4"),
+    ("ROUGE-L", "test/rouge_l"),
+    ("CIDEr-D", "test/cider"),
+    ("hard-neg acc", "test/hard_negative_acc"),
+    ("wino text", "winoground/wino_text"),
+    ("wino image", "winoground/wino_image"),
+    ("wino group", "winoground/wino_group"),
+]
+
+
+def captioning_markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of each captioner's test captioning metrics (BLEU and ROUGE-L in %,
+    CIDEr-D as the COCO server reports it) and its likelihood-based matching scores."""
+    head = ["model", *[c[0] for c in CAPTIONING]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r.get("metrics") or {}
+        if r.get("status") != "ok" or "test/cider" not in m:
+            continue
+        cells = [
+            f"{m[key]:.3f}" if key == "test/cider" else _fmt(m.get(key), "pct")
+            for _, key in CAPTIONING
+        ]
+        lines.append("| " + " | ".join([r["name"], *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_captions(model: Any, data: ImageTextData, name: str, path: Path, n: int = 8) -> None:
+    """Test images with the model's greedy caption and one reference caption."""
+    from alignfuse.engine.evaluate import generate_captions
+
+    plt = pyplot()
+
+    split = data["test"]
+    was_training = model.training
+    model.eval()
+    try:
+        captions = generate_captions(model, split.images[:n])
+    finally:
+        model.train(was_training)
+    fig, axes = plt.subplots(n // 4, 4, figsize=(16, 2.6 * (n // 4)))
+    for ax, i in zip(axes.ravel(), range(n), strict=False):
+        ax.imshow(split.images[i], interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(
+            f"model: {textwrap.shorten(captions[i], 60)}\n"
+            f"ref: {textwrap.shorten(split.captions[i][0], 60)}",
+            fontsize=7,
+            loc="left",
+        )
+    fig.suptitle(f"{name}: greedy captions of test images", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plot_parts(rows: list[dict[str, Any]], path: Path) -> bool:
     """Each part of a composite objective (ITC, ITM, MLM) and the ITM / MLM accuracies in
     training; ``False`` (no file) when no experiment logged parts."""
@@ -177,7 +236,7 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         tr = r["history"]["train"]
         if tr:
             ax1.plot([p["step"] for p in tr], [p["loss"] for p in tr], label=r["name"])
-        va = r["history"]["val"]
+        va = [p for p in r["history"]["val"] if "rsum" in p]  # a captioner has no rsum
         if va:
             ax2.plot([p["step"] for p in va], [p["rsum"] for p in va], marker="o", label=r["name"])
     ax1.set(xlabel="step", ylabel="training loss (own objective)", title="training loss")
@@ -277,6 +336,17 @@ def write_report(
         "",
         diagnostics_markdown(rows),
     ]
+    if any("test/cider" in (r.get("metrics") or {}) for r in rows):
+        parts += [
+            "## Captioning (test split)",
+            "",
+            "Greedy captions scored against the test references (BLEU and ROUGE-L in %, "
+            "CIDEr-D as the COCO caption server computes it). A captioner matches images and "
+            "captions by the caption's mean log-probability per token given the image: "
+            "hard negatives and Winoground use that score.",
+            "",
+            captioning_markdown(rows),
+        ]
     if any("test/itc_rsum" in (r.get("metrics") or {}) for r in rows):
         parts += [
             "## Two-stage retrieval (test split)",
@@ -314,7 +384,11 @@ def write_report(
     for name, art in artefacts.items():
         if art is None:
             continue
-        _, sims, exp_data = art
+        trainer, sims, exp_data = art
+        if getattr(trainer.model, "generative", False) and "test" in exp_data.splits:
+            fname = f"captions_{name}.png"
+            _plot_captions(trainer.model, exp_data, name, out / fname)
+            parts += [f"## Generated captions: {name}", "", f"![{name}]({fname})", ""]
         if "test" in sims:
             fname = f"retrievals_{name}.png"
             _plot_grid(exp_data, sims["test"], name, out / fname)

@@ -49,7 +49,11 @@ def run_experiment(
     metrics, sims = evaluate(trainer.model, data, cfg.eval.splits, cfg.eval.batch_size)
     n_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     n_params += sum(p.numel() for p in trainer.loss_fn.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in trainer.model.parameters() if not p.requires_grad)
+    frozen = sum(  # a momentum teacher (ALBEF's EMA copy) is not a frozen tower
+        p.numel()
+        for n, p in trainer.model.named_parameters()
+        if not p.requires_grad and not n.startswith("momentum_model.")
+    )
     frozen += sum(int(getattr(m, "frozen_params", 0)) for m in trainer.model.modules())
     row = {
         "name": cfg.name,

@@ -197,6 +197,60 @@ def two_stage_metrics(
     return out
 
 
+@torch.inference_mode()
+def generate_captions(model: Any, images: np.ndarray, batch_size: int = 256) -> list[str]:
+    """A generative model's greedy captions of images, in batches."""
+    dev = model_device(model)
+    out: list[str] = []
+    for i in range(0, len(images), batch_size):
+        out += model.generate(images_to_tensor(images[i : i + batch_size], dev))
+    return out
+
+
+@torch.inference_mode()
+def caption_likelihoods(
+    model: Any, images: np.ndarray, texts: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
+    """A generative model's score of each pair ``(images[j], texts[j])``: the caption's mean
+    log-probability per token given the image."""
+    if len(images) != len(texts):
+        raise ValueError(f"images and texts disagree: {len(images)} and {len(texts)} pairs")
+    dev = model_device(model)
+    out = []
+    for i in range(0, len(texts), batch_size):
+        prefix = model.prefix(images_to_tensor(images[i : i + batch_size], dev))
+        prep = model.prepare_text(texts[i : i + batch_size])
+        out.append(model.log_likelihood(prefix, {k: v.to(dev) for k, v in prep.items()}))
+    return torch.cat(out)
+
+
+def _hard_negative_pairs(split: ImageTextSplit) -> tuple[list[str], list[str]] | None:
+    """Each image's positive caption and its minimal edit, when the split has negatives."""
+    negs = split.extras.get("negatives")
+    if not negs:
+        return None
+    pos = [split.captions[i][n["positive"]] for i, n in enumerate(negs)]
+    return pos, [n["caption"] for n in negs]
+
+
+def _evaluate_generative(model: Any, split: ImageTextSplit, batch_size: int) -> dict[str, Any]:
+    """Captioning metrics of greedy captions against the split's references; hard negatives
+    by caption likelihood. A captioner has no score matrix, so no retrieval."""
+    from alignfuse.metrics.captioning import bleu, cider, rouge_l
+
+    captions = generate_captions(model, split.images, batch_size)
+    out: dict[str, Any] = dict(bleu(captions, split.captions))
+    out["rouge_l"] = rouge_l(captions, split.captions)
+    out["cider"] = cider(captions, split.captions)
+    pairs = _hard_negative_pairs(split)
+    if pairs is not None:
+        pos = caption_likelihoods(model, split.images, pairs[0], batch_size)
+        neg = caption_likelihoods(model, split.images, pairs[1], batch_size)
+        out.update(hard_negative_accuracy(pos.cpu().numpy(), neg.cpu().numpy()))
+    out["_captions"] = captions
+    return out
+
+
 def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> dict[str, Any]:
     """Retrieval metrics (R@K, ranks, mAP), hard-negative accuracy where the split has
     negatives, and for dual encoders the embedding diagnostics (modality gap, alignment,
@@ -206,6 +260,8 @@ def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> 
     pairwise = bool(getattr(model, "pairwise", False))
     two_stage = bool(getattr(model, "two_stage", False))
     try:
+        if getattr(model, "generative", False):
+            return _evaluate_generative(model, split, batch_size)
         texts, owner = split.flat_captions()
         own = torch.from_numpy(owner)
         out: dict[str, Any] = {}
@@ -273,6 +329,14 @@ def evaluate_winoground(model: Any, data: ImageTextData, batch_size: int = 256) 
             full = pair_scores(model, images, captions, batch_size)  # (2g images, 2g captions)
             blocks = full.reshape(g, 2, g, 2).diagonal(dim1=0, dim2=2)  # (2 i, 2 c, g)
             scores = blocks.permute(2, 1, 0)  # (g, caption, image)
+        elif getattr(model, "generative", False):  # caption likelihood of each of the 4 pairs
+            grp = torch.arange(g).repeat_interleave(4)
+            cap = 2 * grp + torch.tensor([0, 0, 1, 1]).repeat(g)
+            im = 2 * grp + torch.tensor([0, 1, 0, 1]).repeat(g)
+            lik = caption_likelihoods(
+                model, images[im.numpy()], [captions[c] for c in cap.tolist()]
+            )
+            scores = lik.reshape(g, 2, 2)
         elif getattr(model, "two_stage", False):  # the re-ranking score of each of the 4 pairs
             img, regions = two_stage_images(model, images, batch_size)
             txt, words, wmask = two_stage_texts(model, captions, batch_size)
@@ -301,7 +365,9 @@ def evaluate(
         if name not in data.splits:
             continue
         res = evaluate_split(model, data[name], batch_size)
-        sims[name] = res.pop("_sims")
+        res.pop("_captions", None)
+        if "_sims" in res:  # a captioner has none
+            sims[name] = res.pop("_sims")
         metrics.update({f"{name}/{k}": float(v) for k, v in res.items()})
     metrics.update(
         {f"winoground/{k}": v for k, v in evaluate_winoground(model, data, batch_size).items()}

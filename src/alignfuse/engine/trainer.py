@@ -392,7 +392,8 @@ class Trainer:
             return {}
         split = self.data["val"].subset(self.cfg.eval.val_subset)
         res = evaluate_split(self.model, split, self.cfg.eval.batch_size)
-        res.pop("_sims")
+        res.pop("_sims", None)
+        res.pop("_captions", None)
         row = {
             "epoch": float(epoch),
             "step": float(self.step),
@@ -415,7 +416,7 @@ class Trainer:
             save_config(self.cfg, self.run_dir / "config.yaml")
             self.tokenizer.save(self.run_dir / "vocab.json")
         self._segment = time.perf_counter()
-        precompute = getattr(self.model.text_encoder, "precompute", None)
+        precompute = getattr(getattr(self.model, "text_encoder", None), "precompute", None)
         if callable(precompute):
             self.log("embedding training captions with the frozen text encoder ...")
             precompute(self.data.train_texts, show_progress=self.progress)
@@ -484,8 +485,10 @@ class Trainer:
                 done_epoch % self.cfg.train.eval_every == 0 or self.step == self.total_steps
             ):
                 row = self.validate(done_epoch)
-                if row:
+                if "rsum" in row:
                     msg += f" val rsum {row['rsum']:.1f} t2i R@10 {row['t2i_r10']:.3f}"
+                elif "cider" in row:
+                    msg += f" val CIDEr-D {row['cider']:.3f} BLEU-4 {row['bleu_4']:.3f}"
             self.save()
             self.log(msg)
         self.train_seconds = self.elapsed()

@@ -1,17 +1,22 @@
 """Reference models assembled from the library's blocks: the dual encoder (CLIP, VSE++),
-SCAN (stacked cross attention, a pairwise matcher) and ALBEF (align, then fuse: a dual
-encoder, a multimodal encoder with ITM and MLM, retrieval re-ranked by ITM)."""
+SCAN (stacked cross attention, a pairwise matcher), ALBEF (align, then fuse: a dual
+encoder, a multimodal encoder with ITM and MLM, retrieval re-ranked by ITM) and a
+LLaVA-style captioner (image tokens projected as the prefix of a causal language model)."""
 
-from alignfuse.models.albef import ALBEF, build_albef, mask_words
+from alignfuse.models.albef import ALBEF, FusionLayer, build_albef, mask_words
 from alignfuse.models.dual_encoder import DualEncoder, build_dual_encoder
+from alignfuse.models.prefix_lm import PrefixLM, build_prefix_lm
 from alignfuse.models.scan import SCANModel, build_scan
 
 __all__ = [
     "ALBEF",
     "DualEncoder",
+    "FusionLayer",
+    "PrefixLM",
     "SCANModel",
     "build_albef",
     "build_dual_encoder",
+    "build_prefix_lm",
     "build_scan",
     "mask_words",
 ]

@@ -24,13 +24,23 @@ Differences from the paper, by design of this small-data setting: the towers are
 library's small encoders trained from scratch (no BERT / ViT initialisation); the mask
 token is ``<unk>`` (id 1), which no training caption contains because the vocabulary is
 built from them; the image tokens get a learned position embedding in the fusion (a ViT's
-tokens carry theirs); momentum distillation (the paper's EMA teacher and queues) is not
-implemented. Negatives for ITM are never the pair's own image or an identical caption (the
-built-in data repeats many caption strings).
+tokens carry theirs). Negatives for ITM are never the pair's own image or an identical
+caption (the built-in data repeats many caption strings).
+
+**Momentum distillation** (the paper's section 3.3) is optional: with ``momentum > 0`` an
+EMA copy of the whole model (``momentum_model``, updated before each training step, as the
+paper's code does) supplies the contrastive keys (its features of the batch, plus
+``queue_size`` earlier ones held in first-in-first-out queues, as MoCo) and soft targets:
+the contrastive targets are ``(1 - alpha) * one-hot + alpha * softmax`` of the teacher's
+similarities, and MLM adds ``alpha`` times the cross-entropy to the teacher's word
+distributions (``distill_alpha``, 0.4 in the paper; momentum 0.995, queue 65,536 there).
+The temperature is the configured contrastive loss's (``logit_scale``).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -140,6 +150,12 @@ class ALBEF(DualEncoder):
             weight 1); ``mlm_weight=0`` drops MLM and its head.
         rerank_k: candidates per query re-scored by ITM at evaluation.
         max_regions: most image tokens the fusion's position table takes.
+        momentum: EMA factor of the momentum teacher (0 = no teacher, no distillation).
+        queue_size: teacher features kept as extra contrastive keys (needs ``momentum``).
+        distill_alpha: weight of the teacher's soft targets (ITC and MLM).
+        itm_temperature: temperature of the softmax over cosine similarities that draws the
+            ITM negatives; ``None`` = the contrastive loss's (the paper's). Larger values
+            draw easier negatives (uniform in the limit).
 
     Example:
         >>> tok = Tokenizer.build(["a red circle", "a blue square"])
@@ -154,6 +170,9 @@ class ALBEF(DualEncoder):
     """
 
     two_stage = True
+    image_queue: torch.Tensor
+    text_queue: torch.Tensor
+    queue_ptr: torch.Tensor
 
     def __init__(
         self,
@@ -168,6 +187,10 @@ class ALBEF(DualEncoder):
         mlm_weight: float = 1.0,
         rerank_k: int = 16,
         max_regions: int = 256,
+        momentum: float = 0.0,
+        queue_size: int = 0,
+        distill_alpha: float = 0.4,
+        itm_temperature: float | None = None,
     ) -> None:
         super().__init__(image_encoder, text_encoder, embed_dim)
         if not callable(getattr(image_encoder, "encode", None)):
@@ -192,6 +215,18 @@ class ALBEF(DualEncoder):
             raise ValueError(
                 f"itm_weight and mlm_weight must be >= 0, got {itm_weight}, {mlm_weight}"
             )
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1) (0 = no momentum model), got {momentum}")
+        if queue_size < 0 or (queue_size and not momentum):
+            raise ValueError(
+                f"queue_size must be >= 0 and needs a momentum model (momentum > 0), got "
+                f"queue_size={queue_size}, momentum={momentum}"
+            )
+        if itm_temperature is not None and not itm_temperature > 0:
+            raise ValueError(f"itm_temperature must be > 0 (or None), got {itm_temperature}")
+        self.itm_temperature = itm_temperature
+        if not 0.0 <= distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha must be in [0, 1], got {distill_alpha}")
         if rerank_k < 1 or max_regions < 1:
             raise ValueError(
                 f"rerank_k and max_regions must be >= 1, got {rerank_k}, {max_regions}"
@@ -219,6 +254,21 @@ class ALBEF(DualEncoder):
             if mlm_weight > 0
             else None
         )
+        self.momentum, self.queue_size, self.distill_alpha = momentum, queue_size, distill_alpha
+        self.momentum_model: ALBEF | None = None
+        if momentum:
+            # the EMA teacher: a frozen copy of every part (made before this attribute is
+            # set, so it has no teacher of its own)
+            teacher = copy.deepcopy(self)
+            teacher.requires_grad_(False)
+            self.momentum_model = teacher
+            self.register_buffer(
+                "image_queue", F.normalize(torch.randn(embed_dim, queue_size), dim=0)
+            )
+            self.register_buffer(
+                "text_queue", F.normalize(torch.randn(embed_dim, queue_size), dim=0)
+            )
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ features
 
@@ -314,7 +364,15 @@ class ALBEF(DualEncoder):
         text = batch["text"]
         img, regions = self.image_features(batch["images"])
         txt, words, wmask = self.text_features(text)
-        itc = itc_loss(img, txt)
+        teacher = self.momentum_model
+        if teacher is not None:
+            self._momentum_update()
+            with torch.no_grad():
+                img_m, regions_m = teacher.image_features(batch["images"])
+                txt_m, _, _ = teacher.text_features(text)
+            itc = self._distilled_itc(img, txt, img_m, txt_m, itc_loss)
+        else:
+            itc = itc_loss(img, txt)
         total = itc.loss
         logs = {"itc": float(itc.loss.detach())}
         if self.itm_weight > 0:
@@ -325,10 +383,14 @@ class ALBEF(DualEncoder):
                 image_ids = image_ids.to(ids.device)
                 positives |= image_ids[:, None] == image_ids[None, :]
             # the negatives' weights: softmax of the similarity over the ITC temperature
+            # (the paper's), or over itm_temperature
             log_scale = getattr(itc_loss, "logit_scale", None)
-            scale = (
-                float(log_scale.detach().exp()) if isinstance(log_scale, torch.Tensor) else 1 / 0.07
-            )
+            if self.itm_temperature is not None:
+                scale = 1 / self.itm_temperature
+            elif isinstance(log_scale, torch.Tensor):
+                scale = float(log_scale.detach().exp())
+            else:
+                scale = 1 / 0.07
             sims = (img @ txt.T).detach() * scale
             rows = torch.arange(len(ids), device=ids.device)
 
@@ -348,10 +410,72 @@ class ALBEF(DualEncoder):
             states = self.fuse(regions, self.word_fuse(tok), wmask)[:, 1:]
             pred = self.mlm_head(states[chosen])
             mlm = F.cross_entropy(pred, ids[chosen])
+            if teacher is not None and teacher.mlm_head is not None and self.distill_alpha:
+                with torch.no_grad():  # the teacher's word distributions, same masked input
+                    tok_m = teacher.text_encoder.tokens(masked, lengths)  # type: ignore[operator]
+                    states_m = teacher.fuse(regions_m, teacher.word_fuse(tok_m), wmask)[:, 1:]
+                    soft = teacher.mlm_head(states_m[chosen]).softmax(-1)
+                distill = -(soft * pred.log_softmax(-1)).sum(-1).mean()
+                mlm = (1 - self.distill_alpha) * mlm + self.distill_alpha * distill
             total = total + self.mlm_weight * mlm
             logs["mlm"] = float(mlm.detach())
             logs["mlm_acc"] = float((pred.argmax(1) == ids[chosen]).float().mean())
         return LossOutput(total, {**itc.logs, **logs})
+
+    # ------------------------------------------------------------------ momentum distillation
+
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        """``teacher <- momentum * teacher + (1 - momentum) * model``, every parameter."""
+        assert self.momentum_model is not None
+        own = {n: p for n, p in self.named_parameters() if not n.startswith("momentum_model.")}
+        for name, p in self.momentum_model.named_parameters():
+            p.mul_(self.momentum).add_(own[name].detach(), alpha=1 - self.momentum)
+
+    def _distilled_itc(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        img_m: torch.Tensor,
+        txt_m: torch.Tensor,
+        itc_loss: nn.Module,
+    ) -> LossOutput:
+        """ALBEF's contrastive loss with a momentum model: each image against the teacher's
+        text features of the batch and the queue (and each caption likewise), with targets
+        ``(1 - alpha) * one-hot + alpha * softmax`` of the teacher's own similarities; the
+        temperature is ``itc_loss``'s. The teacher's features then enter the queues."""
+        log_scale = getattr(itc_loss, "logit_scale", None)
+        if not isinstance(log_scale, torch.Tensor):
+            raise ValueError(
+                "momentum distillation takes its temperature from the contrastive loss: use "
+                f"a loss with logit_scale (info_nce), not {type(itc_loss).__name__}"
+            )
+        scale = log_scale.clamp(max=float(getattr(itc_loss, "max_log_scale", math.inf))).exp()
+        n = img.shape[0]
+        img_all = torch.cat([img_m, self.image_queue.T])
+        txt_all = torch.cat([txt_m, self.text_queue.T])
+        with torch.no_grad():
+            hard = torch.zeros(n, len(txt_all), device=img.device)
+            hard[:, :n] = torch.eye(n, device=img.device)
+            a = self.distill_alpha
+            t_i2t = a * (img_m @ txt_all.T * scale).softmax(1) + (1 - a) * hard
+            t_t2i = a * (txt_m @ img_all.T * scale).softmax(1) + (1 - a) * hard
+        i2t = -(t_i2t * (img @ txt_all.T * scale).log_softmax(1)).sum(1).mean()
+        t2i = -(t_t2i * (txt @ img_all.T * scale).log_softmax(1)).sum(1).mean()
+        self._enqueue(img_m, txt_m)
+        return LossOutput((i2t + t2i) / 2, {"temperature": float(1 / scale.detach())})
+
+    @torch.no_grad()
+    def _enqueue(self, img_m: torch.Tensor, txt_m: torch.Tensor) -> None:
+        """Write the teacher's features over the oldest queue columns (first in, first out)."""
+        if not self.queue_size:
+            return
+        ptr = int(self.queue_ptr)
+        n = min(img_m.shape[0], self.queue_size)
+        cols = (ptr + torch.arange(n, device=img_m.device)) % self.queue_size
+        self.image_queue[:, cols] = img_m[-n:].T
+        self.text_queue[:, cols] = txt_m[-n:].T
+        self.queue_ptr.fill_((ptr + n) % self.queue_size)
 
 
 @MODELS.register("albef")
@@ -370,6 +494,10 @@ def build_albef(
     mlm_weight: float = 1.0,
     rerank_k: int = 16,
     max_regions: int = 256,
+    momentum: float = 0.0,
+    queue_size: int = 0,
+    distill_alpha: float = 0.4,
+    itm_temperature: float | None = None,
 ) -> ALBEF:
     """ALBEF (Li et al. 2021) from registered encoders (arguments as :class:`ALBEF`)."""
     if text_encoder == "minilm":
@@ -389,4 +517,8 @@ def build_albef(
         mlm_weight,
         rerank_k,
         max_regions,
+        momentum,
+        queue_size,
+        distill_alpha,
+        itm_temperature,
     )

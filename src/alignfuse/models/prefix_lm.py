@@ -1,0 +1,222 @@
+"""A LLaVA-style captioner (Liu et al. 2023, "Visual instruction tuning"): the image
+encoder's tokens, mapped by a two-layer MLP projector (LLaVA-1.5's) into the width of a
+decoder-only language model, are the prefix of the caption, and the model is trained by
+next-word prediction on the caption's words (and an end-of-caption token) only.
+
+The same model scores an image-caption pair by the caption's mean log-probability per
+token given the image (:meth:`PrefixLM.log_likelihood`), which is how the benchmark
+evaluates a generative model on hard negatives and Winoground (as generative scores in
+"VisualGPTScore", Lin et al. 2023), and it writes captions by greedy decoding
+(:meth:`PrefixLM.generate`), scored by BLEU, ROUGE-L and CIDEr-D.
+
+Differences from LLaVA, by design of this small-data setting: the language model is a
+small causal Transformer over the training vocabulary, trained from scratch together with
+the image encoder and the projector (LLaVA takes a pretrained CLIP ViT and a pretrained
+LLM, and trains the projector first); there is no instruction data, only captions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alignfuse.encoders.tokenizer import Tokenizer
+from alignfuse.outputs import LossOutput
+from alignfuse.registry import ENCODERS, MODELS
+
+IGNORE = -100  # cross-entropy's ignore_index: positions past a caption's end
+
+
+class PrefixLM(nn.Module):
+    """Image tokens -> MLP projector -> prefix of a causal Transformer language model.
+
+    Args:
+        image_encoder: module with ``tokens(images) -> (B, R, out_dim)``.
+        tokenizer: the training vocabulary (ids 0 and 1 are ``<pad>`` and ``<unk>``); the
+            model adds a begin (``len(tokenizer)``) and an end (``len(tokenizer) + 1``) token.
+        width: the language model's width.
+        depth: its number of layers.
+        heads: attention heads per layer.
+        max_len: most words of a caption (longer ones are cut, as the tokenizer does).
+        max_regions: most image tokens the position table takes.
+
+    Example:
+        >>> tok = Tokenizer.build(["a red circle", "a blue square"])
+        >>> model = build_prefix_lm(tok, width=16, heads=2, image_args={"width": 4, "out_dim": 16})
+        >>> batch = {"images": torch.rand(2, 3, 64, 64),
+        ...          "text": model.prepare_text(["a red circle", "a blue square"])}
+        >>> sorted(model.training_loss(batch).logs)
+        ['lm', 'token_acc']
+        >>> len(model.eval().generate(torch.rand(3, 3, 64, 64), max_len=4))
+        3
+    """
+
+    generative = True
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        tokenizer: Tokenizer,
+        width: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        max_len: int = 32,
+        max_regions: int = 256,
+    ) -> None:
+        super().__init__()
+        if not callable(getattr(image_encoder, "tokens", None)):
+            raise ValueError(
+                "PrefixLM needs an image encoder with tokens(); "
+                f"{type(image_encoder).__name__} has none"
+            )
+        for name, value in (
+            ("width", width),
+            ("depth", depth),
+            ("heads", heads),
+            ("max_len", max_len),
+            ("max_regions", max_regions),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if width % heads:
+            raise ValueError(f"width ({width}) must be a multiple of heads ({heads})")
+        self.image_encoder, self.tokenizer = image_encoder, tokenizer
+        self.max_len, self.max_regions = max_len, max_regions
+        self.bos, self.eos = len(tokenizer), len(tokenizer) + 1
+        self.vocab_size = len(tokenizer) + 2
+        self.projector = nn.Sequential(
+            nn.Linear(int(image_encoder.out_dim), width),  # type: ignore[arg-type]
+            nn.GELU(),
+            nn.Linear(width, width),
+        )
+        self.embed = nn.Embedding(self.vocab_size, width, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(1, max_regions + max_len + 1, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, 0.0, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.decoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, self.vocab_size)
+
+    def prepare_text(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Word ids and lengths of captions (runs in the data loader)."""
+        return self.tokenizer.batch(texts, self.max_len)
+
+    def prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` images to projected prefix tokens ``(B, R, width)``."""
+        tok = self.image_encoder.tokens(images)  # type: ignore[operator]
+        if tok.shape[1] > self.max_regions:
+            raise ValueError(
+                f"the image encoder gives {tok.shape[1]} tokens; max_regions is {self.max_regions}"
+            )
+        out: torch.Tensor = self.projector(tok)
+        return out
+
+    def logits(self, prefix: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Next-token logits ``(B, T, vocab)`` at the ``T`` text positions of ``inputs``
+        (``(B, T)`` ids starting with the begin token), after the image prefix."""
+        if prefix.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"prefix and inputs disagree: {prefix.shape[0]}, {inputs.shape[0]} rows"
+            )
+        p, t = prefix.shape[1], inputs.shape[1]
+        if t > self.max_len + 1:
+            raise ValueError(
+                f"inputs have {t} positions; the model takes max_len + 1 = {self.max_len + 1}"
+            )
+        x = torch.cat([prefix, self.embed(inputs)], 1) + self.pos[:, : p + t]
+        causal = nn.Transformer.generate_square_subsequent_mask(
+            p + t, device=x.device, dtype=x.dtype
+        )
+        out: torch.Tensor = self.head(self.norm(self.decoder(x, mask=causal, is_causal=True)))
+        return out[:, p:]
+
+    def teacher_forcing(
+        self, prepared: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs ``[begin, w_1 .. w_n]`` and targets ``[w_1 .. w_n, end]`` (``IGNORE`` past
+        each caption's end), both ``(B, L + 1)``."""
+        ids, lengths = prepared["ids"], prepared["lengths"].to(prepared["ids"].device)
+        b, length = ids.shape
+        inputs = torch.cat(
+            [torch.full((b, 1), self.bos, dtype=ids.dtype, device=ids.device), ids], 1
+        )
+        targets = F.pad(ids, (0, 1), value=0)
+        pos = torch.arange(length + 1, device=ids.device)[None, :]
+        targets = torch.where(pos == lengths[:, None], torch.full_like(targets, self.eos), targets)
+        targets = targets.masked_fill(pos > lengths[:, None], IGNORE)
+        return inputs, targets
+
+    def training_loss(
+        self, batch: Mapping[str, Any], loss_fn: nn.Module | None = None
+    ) -> LossOutput:
+        """Next-token cross-entropy over the captions' words and end tokens (``loss_fn``, the
+        configured contrastive loss, is not used: a captioner has no embedding pair)."""
+        inputs, targets = self.teacher_forcing(batch["text"])
+        logits = self.logits(self.prefix(batch["images"]), inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        valid = targets != IGNORE
+        acc = float((logits.argmax(-1)[valid] == targets[valid]).float().mean())
+        return LossOutput(loss, {"lm": float(loss.detach()), "token_acc": acc})
+
+    def log_likelihood(
+        self, prefix: torch.Tensor, prepared: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Mean log-probability per token (words and the end token) of each caption given
+        its row of ``prefix``: ``(B,)``, higher = more likely."""
+        inputs, targets = self.teacher_forcing(prepared)
+        logp = self.logits(prefix, inputs).log_softmax(-1)
+        valid = targets != IGNORE
+        picked = logp.gather(-1, targets.clamp_min(0)[..., None])[..., 0] * valid
+        return picked.sum(1) / valid.sum(1)
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, max_len: int | None = None) -> list[str]:
+        """Greedy captions of ``(B, 3, H, W)`` images (never ``<pad>``, ``<unk>`` or the
+        begin token; stops at the end token or after ``max_len`` words)."""
+        steps = self.max_len if max_len is None else min(max_len, self.max_len)
+        prefix = self.prefix(images)
+        b = prefix.shape[0]
+        seq = torch.full((b, 1), self.bos, dtype=torch.long, device=prefix.device)
+        done = torch.zeros(b, dtype=torch.bool, device=prefix.device)
+        banned = torch.tensor([0, 1, self.bos], device=prefix.device)
+        for _ in range(steps):
+            logits = self.logits(prefix, seq)[:, -1]
+            logits[:, banned] = float("-inf")
+            nxt = logits.argmax(-1).masked_fill(done, 0)
+            done |= nxt == self.eos
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            if bool(done.all()):
+                break
+        out = []
+        for row in seq[:, 1:].tolist():
+            if self.eos in row:
+                row = row[: row.index(self.eos)]
+            out.append(self.tokenizer.decode(row))
+        return out
+
+
+@MODELS.register("prefix_lm")
+def build_prefix_lm(
+    tokenizer: Tokenizer | None = None,
+    embed_dim: int = 256,
+    image_encoder: str = "cnn",
+    text_encoder: str = "none",
+    image_args: dict[str, Any] | None = None,
+    width: int = 128,
+    depth: int = 2,
+    heads: int = 4,
+    max_len: int = 32,
+    max_regions: int = 256,
+) -> PrefixLM:
+    """LLaVA-style captioner from a registered image encoder. ``embed_dim`` and
+    ``text_encoder`` are the config's generic model keys and are not used: the language
+    model is the text side."""
+    if tokenizer is None:
+        raise ValueError("prefix_lm needs a tokenizer built from training captions")
+    img = ENCODERS.create(image_encoder, **(image_args or {}))
+    return PrefixLM(img, tokenizer, width, depth, heads, max_len, max_regions)

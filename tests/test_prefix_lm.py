@@ -1,0 +1,169 @@
+"""The LLaVA-style captioner: teacher forcing layout, a causal model whose likelihood and
+greedy captions equal step-by-step loops, training and exact resume through the Trainer,
+and the generative evaluation (captioning metrics, likelihood matching)."""
+
+import numpy as np
+import pytest
+import torch
+
+from alignfuse.config import load_config
+from alignfuse.encoders.tokenizer import Tokenizer
+from alignfuse.engine import Trainer, load_data
+from alignfuse.engine.evaluate import (
+    caption_likelihoods,
+    evaluate,
+    evaluate_split,
+    evaluate_winoground,
+    generate_captions,
+    images_to_tensor,
+)
+from alignfuse.metrics import bleu, cider, winoground_scores
+from alignfuse.models import build_prefix_lm
+from alignfuse.models.prefix_lm import IGNORE
+
+LM_OVERRIDES = [
+    "model.name=prefix_lm",
+    "model.args={image_args: {width: 4, out_dim: 16}, width: 16, heads: 2, max_len: 24}",
+]
+CAPTIONS = ["a red circle above a blue square", "two green stars", "one small cross"]
+
+
+def _trainer(tmp_path, tiny, extra=(), name="lm"):
+    cfg = load_config(None, [*tiny, *LM_OVERRIDES, *extra, f"name={name}"])
+    return Trainer(cfg, load_data(cfg), tmp_path / name, progress=False, log=lambda m: None)
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    tok = Tokenizer.build(CAPTIONS)
+    args = {"width": 16, "heads": 2, "image_args": {"width": 4, "out_dim": 16}, **kw}
+    return tok, build_prefix_lm(tok, **args).eval()
+
+
+def test_teacher_forcing_shifts_by_one_and_ends_each_caption():
+    _, model = _model()
+    prep = model.prepare_text(["two green stars", "one small cross", "two stars"])
+    inputs, targets = model.teacher_forcing(prep)
+    ids = prep["ids"]
+    assert inputs[:, 0].eq(model.bos).all() and torch.equal(inputs[:, 1:], ids)
+    assert targets[0].tolist() == [*ids[0].tolist(), model.eos]
+    assert targets[2].tolist() == [*ids[2, :2].tolist(), model.eos, IGNORE]
+
+
+def test_the_language_model_is_causal_and_sees_the_image():
+    _, model = _model()
+    prefix = model.prefix(torch.rand(2, 3, 64, 64))
+    inputs = torch.tensor([[model.bos, 2, 3, 4, 5], [model.bos, 2, 3, 4, 5]])
+    changed = inputs.clone()
+    changed[:, 3:] = 6
+    with torch.no_grad():
+        a, b = model.logits(prefix, inputs), model.logits(prefix, changed)
+        assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6) and not torch.allclose(
+            a[:, 3], b[:, 3]
+        )
+        assert not torch.allclose(a[0], a[1])  # two images, two next-word distributions
+
+
+def test_likelihood_and_greedy_captions_equal_step_by_step_loops():
+    tok, model = _model()
+    images = torch.rand(3, 3, 64, 64)
+    prep = model.prepare_text(CAPTIONS)
+    with torch.no_grad():
+        prefix = model.prefix(images)
+        got = model.log_likelihood(prefix, prep)
+        for j, text in enumerate(CAPTIONS):
+            seq, total = [model.bos], 0.0
+            for w in [*tok.encode(text), model.eos]:  # one position at a time
+                logp = model.logits(prefix[j : j + 1], torch.tensor([seq])).log_softmax(-1)
+                total += float(logp[0, -1, w])
+                seq.append(w)
+            assert float(got[j]) == pytest.approx(total / (len(seq) - 1), abs=1e-5)
+        captions = model.generate(images, max_len=6)
+        for j in range(3):  # each image alone, argmax over the allowed tokens
+            seq = [model.bos]
+            for _ in range(6):
+                logits = model.logits(prefix[j : j + 1], torch.tensor([seq]))[0, -1]
+                logits[[0, 1, model.bos]] = float("-inf")
+                nxt = int(logits.argmax())
+                if nxt == model.eos:
+                    break
+                seq.append(nxt)
+            assert captions[j] == tok.decode(seq[1:])
+
+
+def test_a_captioner_learns_to_say_what_it_sees():
+    """Overfitting two images with two captions: greedy decoding must give them back."""
+    _, model = _model(depth=1)
+    model.train()
+    images = torch.zeros(2, 3, 64, 64)
+    images[1] += 1.0
+    batch = {"images": images, "text": model.prepare_text(CAPTIONS[:2])}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        out = model.training_loss(batch)
+        out.loss.backward()
+        opt.step()
+    assert out.logs["token_acc"] == 1.0
+    assert model.eval().generate(images) == CAPTIONS[:2]
+
+
+def test_trainer_trains_the_captioner_resumes_exactly_and_evaluates(tmp_path, tiny_overrides):
+    full = _trainer(tmp_path, tiny_overrides, name="full")
+    hist = full.fit()
+    assert hist.train[-1]["lm"] < hist.train[0]["lm"] and "cider" in hist.val[0]
+    part = _trainer(tmp_path, tiny_overrides, name="part")
+    part.fit(stop_after=7)
+    part = _trainer(tmp_path, tiny_overrides, name="part")
+    part.fit(resume=True)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, part.model.state_dict()[k]), k
+    test = full.data["test"]
+    res = evaluate_split(full.model, test, batch_size=5)
+    captions = res.pop("_captions")
+    assert "rsum" not in res and "_sims" not in res
+    assert captions == generate_captions(full.model.eval(), test.images, batch_size=5)
+    assert res["cider"] == pytest.approx(cider(captions, test.captions))
+    assert res["bleu_4"] == pytest.approx(bleu(captions, test.captions)["bleu_4"])
+    negs = test.extras["negatives"]
+    pos = caption_likelihoods(
+        full.model, test.images, [test.captions[i][n["positive"]] for i, n in enumerate(negs)]
+    )
+    neg = caption_likelihoods(full.model, test.images, [n["caption"] for n in negs])
+    assert res["hard_negative_acc"] == pytest.approx(float((pos > neg).double().mean()))
+    metrics, sims = evaluate(full.model, full.data, ["test"])
+    assert sims == {} and "test/cider" in metrics and "winoground/wino_group" in metrics
+
+
+def test_winoground_of_a_captioner_is_the_likelihood_of_each_pair(tmp_path, tiny_overrides):
+    tr = _trainer(tmp_path, tiny_overrides)
+    model, wino = tr.model.eval(), tr.data.winoground
+    scores = np.zeros((len(wino), 2, 2))
+    with torch.no_grad():
+        for g in range(len(wino)):
+            prefix = model.prefix(images_to_tensor(wino.images[g]))
+            for c in range(2):
+                prep = model.prepare_text([wino.captions[g][c]] * 2)
+                scores[g, c] = model.log_likelihood(prefix, prep).numpy()
+    assert evaluate_winoground(model, tr.data) == pytest.approx(winoground_scores(scores))
+
+
+def test_captioner_rejects_bad_input():
+    tok, model = _model(max_len=4)
+    with pytest.raises(ValueError, match="multiple of heads"):
+        build_prefix_lm(tok, width=30, heads=4)
+    with pytest.raises(ValueError, match="depth"):
+        build_prefix_lm(tok, depth=0)
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_prefix_lm(None)
+    prefix = model.prefix(torch.rand(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="max_len"):
+        model.logits(prefix, torch.full((2, 6), model.bos))
+    with pytest.raises(ValueError, match="rows"):
+        model.logits(prefix[:1], torch.full((2, 2), model.bos))
+    _, small = _model(max_regions=8)
+    with pytest.raises(ValueError, match="max_regions"):
+        small.prefix(torch.rand(1, 3, 64, 64))
+    images = (np.random.default_rng(0).random((2, 64, 64, 3)) * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match="disagree"):
+        caption_likelihoods(model, images, ["a", "b", "c"])
