@@ -167,3 +167,26 @@ def test_captioner_rejects_bad_input():
     images = (np.random.default_rng(0).random((2, 64, 64, 3)) * 255).astype(np.uint8)
     with pytest.raises(ValueError, match="disagree"):
         caption_likelihoods(model, images, ["a", "b", "c"])
+
+
+def test_retrieval_captioning_takes_each_images_most_similar_training_caption(
+    tmp_path, tiny_overrides
+):
+    from alignfuse.engine.evaluate import embed_images, embed_texts, retrieval_captions
+
+    cfg = load_config(None, [*tiny_overrides, "name=clip"])
+    tr = Trainer(cfg, load_data(cfg), tmp_path / "clip", progress=False, log=lambda m: None)
+    model, test = tr.model.eval(), tr.data["test"]
+    pool = tr.data.train_texts
+    got = retrieval_captions(model, test.images, pool, batch_size=7)
+    img, txt = embed_images(model, test.images), embed_texts(model, pool)
+    for i in range(len(test)):  # the best over the whole pool (duplicates score the same)
+        best = max(range(len(pool)), key=lambda j: float(img[i] @ txt[j]))
+        assert float(img[i] @ txt[pool.index(got[i])]) == pytest.approx(
+            float(img[i] @ txt[best]), abs=1e-6
+        )
+    metrics, _ = evaluate(model, tr.data, ["test"], retrieval_captioning=True)
+    assert metrics["test/cider"] == pytest.approx(cider(got, test.captions))
+    assert "test/rsum" in metrics  # retrieval metrics as before
+    with pytest.raises(ValueError, match="pool"):
+        retrieval_captions(model, test.images, [])

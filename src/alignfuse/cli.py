@@ -120,7 +120,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, data, run, progress=False)
     tensors, _, _ = load_checkpoint(ckpt)
     trainer.load_weights(tensors)
-    metrics, _ = evaluate(trainer.model, data, args.splits or cfg.eval.splits, cfg.eval.batch_size)
+    metrics, _ = evaluate(
+        trainer.model,
+        data,
+        args.splits or cfg.eval.splits,
+        cfg.eval.batch_size,
+        cfg.eval.retrieval_captioning,
+    )
     (run / "eval.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
     return 0

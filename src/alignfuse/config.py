@@ -91,6 +91,9 @@ class EvalConfig:
     splits: list[str] = field(default_factory=lambda: ["test", "test_dk"])
     batch_size: int = 256
     val_subset: int = 500
+    # dual encoders: also caption each test image by its most similar training caption
+    # (nearest-neighbour captioning; BLEU / ROUGE-L / CIDEr-D as for a generative model)
+    retrieval_captioning: bool = False
 
 
 @dataclass

@@ -46,7 +46,9 @@ def run_experiment(
     """Train (resuming if possible) and evaluate one experiment; return its results row."""
     trainer = Trainer(cfg, data, run_dir, progress=progress, log=log)
     trainer.fit(resume=True)
-    metrics, sims = evaluate(trainer.model, data, cfg.eval.splits, cfg.eval.batch_size)
+    metrics, sims = evaluate(
+        trainer.model, data, cfg.eval.splits, cfg.eval.batch_size, cfg.eval.retrieval_captioning
+    )
     n_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     n_params += sum(p.numel() for p in trainer.loss_fn.parameters() if p.requires_grad)
     frozen = sum(  # a momentum teacher (ALBEF's EMA copy) is not a frozen tower

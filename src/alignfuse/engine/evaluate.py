@@ -233,15 +233,38 @@ def _hard_negative_pairs(split: ImageTextSplit) -> tuple[list[str], list[str]] |
     return pos, [n["caption"] for n in negs]
 
 
+def captioning_metrics(
+    captions: Sequence[str], references: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """BLEU-1..4, ROUGE-L and CIDEr-D of captions against their references."""
+    from alignfuse.metrics.captioning import bleu, cider, rouge_l
+
+    out = dict(bleu(captions, references))
+    out["rouge_l"] = rouge_l(captions, references)
+    out["cider"] = cider(captions, references)
+    return out
+
+
+@torch.inference_mode()
+def retrieval_captions(
+    model: Any, images: np.ndarray, pool: Sequence[str], batch_size: int = 256
+) -> list[str]:
+    """Nearest-neighbour captioning with a dual encoder: each image's most similar caption
+    of ``pool`` (the distinct training captions, say)."""
+    if not pool:
+        raise ValueError("pool must hold at least one caption")
+    pool = list(dict.fromkeys(pool))  # distinct, in first-seen order
+    img = embed_images(model, images, batch_size)
+    txt = embed_texts(model, pool, batch_size)
+    best = torch.cat([(img[i : i + 1024] @ txt.T).argmax(1) for i in range(0, len(img), 1024)])
+    return [pool[j] for j in best.tolist()]
+
+
 def _evaluate_generative(model: Any, split: ImageTextSplit, batch_size: int) -> dict[str, Any]:
     """Captioning metrics of greedy captions against the split's references; hard negatives
     by caption likelihood. A captioner has no score matrix, so no retrieval."""
-    from alignfuse.metrics.captioning import bleu, cider, rouge_l
-
     captions = generate_captions(model, split.images, batch_size)
-    out: dict[str, Any] = dict(bleu(captions, split.captions))
-    out["rouge_l"] = rouge_l(captions, split.captions)
-    out["cider"] = cider(captions, split.captions)
+    out: dict[str, Any] = captioning_metrics(captions, split.captions)
     pairs = _hard_negative_pairs(split)
     if pairs is not None:
         pos = caption_likelihoods(model, split.images, pairs[0], batch_size)
@@ -355,16 +378,33 @@ def evaluate_winoground(model: Any, data: ImageTextData, batch_size: int = 256) 
 
 
 def evaluate(
-    model: Any, data: ImageTextData, splits: Sequence[str], batch_size: int = 256
+    model: Any,
+    data: ImageTextData,
+    splits: Sequence[str],
+    batch_size: int = 256,
+    retrieval_captioning: bool = False,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Every metric on every split, flat keys ``"<split>/<metric>"``; also the score
-    matrices by split (for reports)."""
+    matrices by split (for reports). With ``retrieval_captioning`` a dual encoder also
+    captions each image by its most similar training caption (:func:`retrieval_captions`)
+    and gets the captioning metrics."""
     metrics: dict[str, float] = {}
     sims: dict[str, torch.Tensor] = {}
+    nn_captions = retrieval_captioning and not any(
+        getattr(model, kind, False) for kind in ("pairwise", "two_stage", "generative")
+    )
     for name in splits:
         if name not in data.splits:
             continue
         res = evaluate_split(model, data[name], batch_size)
+        if nn_captions:
+            was_training = model.training
+            model.eval()
+            try:
+                caps = retrieval_captions(model, data[name].images, data.train_texts, batch_size)
+            finally:
+                model.train(was_training)
+            res.update(captioning_metrics(caps, data[name].captions))
         res.pop("_captions", None)
         if "_sims" in res:  # a captioner has none
             sims[name] = res.pop("_sims")
