@@ -230,6 +230,10 @@ def test_rerank_equals_a_loop_over_queries():
         top = sims[:, c].argsort(descending=True).tolist()
         want = sorted(top[:3], key=lambda i: -score(i, c)) + top[3:]
         assert t2i[:, c].argsort(descending=True).tolist() == want
+    with pytest.raises(ValueError, match="k must be"):
+        rerank(model, sims, regions, words, wmask, k=0)
+    with pytest.raises(ValueError, match="n_images, n_texts"):
+        rerank(model, sims.T, regions, words, wmask, k=3)
     # metrics read each direction from its own matrix
     owner = torch.tensor([0, 1, 2, 3, 4, 0, 2])
     same = two_stage_metrics(sims, sims, owner)
@@ -292,6 +296,8 @@ def test_winoground_of_a_two_stage_model_equals_a_loop_over_groups(tmp_path, tin
 def test_albef_rejects_what_it_cannot_train(tmp_path, tiny_overrides):
     with pytest.raises(ConfigError, match="GradCache"):
         _trainer(tmp_path, tiny_overrides, ["train.grad_cache_chunk=4"])
+    with pytest.raises(ConfigError, match="no argument 'widht'; did you mean 'width'"):
+        _trainer(tmp_path, tiny_overrides, ["model.args={widht: 16}"])
     with pytest.raises(ValueError, match="word features"):
         _trainer(tmp_path, tiny_overrides, ["model.text_encoder=minilm"])
     with pytest.raises(ValueError, match="multiple of heads"):

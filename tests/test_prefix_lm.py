@@ -161,6 +161,8 @@ def test_captioner_rejects_bad_input():
         model.logits(prefix, torch.full((2, 6), model.bos))
     with pytest.raises(ValueError, match="rows"):
         model.logits(prefix[:1], torch.full((2, 2), model.bos))
+    with pytest.raises(ValueError, match="max_len must be"):
+        model.generate(torch.rand(1, 3, 64, 64), max_len=0)
     _, small = _model(max_regions=8)
     with pytest.raises(ValueError, match="max_regions"):
         small.prefix(torch.rand(1, 3, 64, 64))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -46,6 +46,21 @@ def suggest(name: str, choices: list[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""`` if none is close."""
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_arguments(
+    family: str, name: str, kwargs: Mapping[str, Any], valid: Sequence[str]
+) -> None:
+    """Raise a ``ConfigError`` naming the first key of ``kwargs`` not in ``valid`` (with the
+    closest valid name); what ``Registry.create`` checks, for builders that forward their
+    extra keyword arguments to a class (``valid`` then comes from that class)."""
+    valid = [p for p in valid if p != "self"]
+    for key in kwargs:
+        if key not in valid:
+            raise ConfigError(
+                f"{family} {name!r} has no argument {key!r}{suggest(key, valid)}"
+                f" (valid: {', '.join(valid)})"
+            )
 
 
 class Registry(Generic[T]):
@@ -91,13 +106,7 @@ class Registry(Generic[T]):
         if sig is not None and not any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()
         ):
-            valid = [p for p in sig.parameters if p != "self"]
-            for key in kwargs:
-                if key not in valid:
-                    raise ConfigError(
-                        f"{self.family} {name!r} has no argument {key!r}{suggest(key, valid)}"
-                        f" (valid: {', '.join(valid)})"
-                    )
+            check_arguments(self.family, name, kwargs, list(sig.parameters))
         return entry.factory(**kwargs)
 
     def names(self) -> list[str]:

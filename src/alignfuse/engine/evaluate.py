@@ -164,6 +164,13 @@ def rerank(
     Returns ``(i2t, t2i)`` score matrices: in ``i2t`` each image's re-scored captions rank
     above its others, which keep their first-stage order; ``t2i`` likewise per caption.
     """
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (candidates re-scored per query), got {k}")
+    if sims.ndim != 2 or regions.shape[0] != sims.shape[0] or words.shape[0] != sims.shape[1]:
+        raise ValueError(
+            f"sims {tuple(sims.shape)} must be (n_images, n_texts) for regions of "
+            f"{regions.shape[0]} images and words of {words.shape[0]} texts"
+        )
     n_img, n_txt = sims.shape
     top_t = sims.topk(min(k, n_txt), dim=1).indices  # (n_img, k)
     top_i = sims.topk(min(k, n_img), dim=0).indices  # (k, n_txt)

@@ -40,6 +40,7 @@ The temperature is the configured contrastive loss's (``logit_scale``).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -52,7 +53,7 @@ from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.losses.matching import matching
 from alignfuse.models.dual_encoder import DualEncoder, build_towers
 from alignfuse.outputs import LossOutput
-from alignfuse.registry import MODELS
+from alignfuse.registry import MODELS, check_arguments
 
 MASK_ID = 1  # ``<unk>``: absent from training captions, so it marks the masked words
 
@@ -486,39 +487,17 @@ def build_albef(
     text_encoder: str = "bigru",
     image_args: dict[str, Any] | None = None,
     text_args: dict[str, Any] | None = None,
-    width: int = 128,
-    depth: int = 2,
-    heads: int = 4,
-    mlm_probability: float = 0.15,
-    itm_weight: float = 1.0,
-    mlm_weight: float = 1.0,
-    rerank_k: int = 16,
-    max_regions: int = 256,
-    momentum: float = 0.0,
-    queue_size: int = 0,
-    distill_alpha: float = 0.4,
-    itm_temperature: float | None = None,
+    **fusion_args: Any,
 ) -> ALBEF:
-    """ALBEF (Li et al. 2021) from registered encoders (arguments as :class:`ALBEF`)."""
+    """ALBEF (Li et al. 2021) from registered encoders; ``fusion_args`` are the keyword
+    arguments of :class:`ALBEF` after ``embed_dim`` (``width``, ``depth``, ``heads``,
+    ``mlm_probability``, ``itm_weight``, ``mlm_weight``, ``rerank_k``, ``max_regions``,
+    ``momentum``, ``queue_size``, ``distill_alpha``, ``itm_temperature``)."""
+    params = list(inspect.signature(ALBEF.__init__).parameters)
+    check_arguments("model", "albef", fusion_args, params[params.index("embed_dim") + 1 :])
     if text_encoder == "minilm":
         raise ValueError(
             "ALBEF needs word features and a vocabulary: text_encoder 'bigru' or 'transformer'"
         )
     img, txt = build_towers(tokenizer, image_encoder, text_encoder, image_args, text_args)
-    return ALBEF(
-        img,
-        txt,
-        embed_dim,
-        width,
-        depth,
-        heads,
-        mlm_probability,
-        itm_weight,
-        mlm_weight,
-        rerank_k,
-        max_regions,
-        momentum,
-        queue_size,
-        distill_alpha,
-        itm_temperature,
-    )
+    return ALBEF(img, txt, embed_dim, **fusion_args)

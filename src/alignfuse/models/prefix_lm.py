@@ -178,6 +178,8 @@ class PrefixLM(nn.Module):
     def generate(self, images: torch.Tensor, max_len: int | None = None) -> list[str]:
         """Greedy captions of ``(B, 3, H, W)`` images (never ``<pad>``, ``<unk>`` or the
         begin token; stops at the end token or after ``max_len`` words)."""
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
         steps = self.max_len if max_len is None else min(max_len, self.max_len)
         prefix = self.prefix(images)
         b = prefix.shape[0]
