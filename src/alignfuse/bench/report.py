@@ -114,7 +114,7 @@ def two_stage_markdown(rows: list[dict[str, Any]]) -> str:
     head = ["model", "k"]
     for label, _ in TWO_STAGE:
         head += [f"{label} embeddings", f"{label} re-ranked"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
         m = r.get("metrics") or {}
         if r.get("status") != "ok" or "test/itc_rsum" not in m:
@@ -124,8 +124,8 @@ def two_stage_markdown(rows: list[dict[str, Any]]) -> str:
         for _, key in TWO_STAGE:
             kind = "num" if key == "rsum" else "pct"
             cells += [_fmt(m.get(f"test/itc_{key}"), kind), _fmt(m.get(f"test/{key}"), kind)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 CAPTIONING: list[tuple[str, str]] = [
@@ -143,25 +143,25 @@ CAPTIONING: list[tuple[str, str]] = [
 def captioning_markdown(rows: list[dict[str, Any]]) -> str:
     """A markdown table of each captioner's test captioning metrics (BLEU and ROUGE-L in %,
     CIDEr-D as the COCO server reports it) and its likelihood-based matching scores."""
-    head = ["model", *[c[0] for c in CAPTIONING]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        m = r.get("metrics") or {}
-        if r.get("status") != "ok" or "test/cider" not in m:
-            continue
-        cells = [
-            f"{m[key]:.3f}" if key == "test/cider" else _fmt(m.get(key), "pct")
-            for _, key in CAPTIONING
+    body = [
+        [
+            r["name"],
+            *[
+                f"{r['metrics'][key]:.3f}"
+                if key == "test/cider"
+                else _fmt(r["metrics"].get(key), "pct")
+                for _, key in CAPTIONING
+            ],
         ]
-        lines.append("| " + " | ".join([r["name"], *cells]) + " |")
-    return "\n".join(lines) + "\n"
+        for r in rows
+        if r.get("status") == "ok" and "test/cider" in (r.get("metrics") or {})
+    ]
+    return markdown_table(["model", *[c[0] for c in CAPTIONING]], body)
 
 
 def _plot_captions(model: Any, data: ImageTextData, name: str, path: Path, n: int = 8) -> None:
     """Test images with the model's greedy caption and one reference caption."""
     from alignfuse.engine.evaluate import generate_captions
-
-    plt = pyplot()
 
     split = data["test"]
     was_training = model.training
@@ -170,21 +170,12 @@ def _plot_captions(model: Any, data: ImageTextData, name: str, path: Path, n: in
         captions = generate_captions(model, split.images[:n])
     finally:
         model.train(was_training)
-    fig, axes = plt.subplots(n // 4, 4, figsize=(16, 2.6 * (n // 4)))
-    for ax, i in zip(axes.ravel(), range(n), strict=False):
-        ax.imshow(split.images[i], interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(
-            f"model: {textwrap.shorten(captions[i], 60)}\n"
-            f"ref: {textwrap.shorten(split.captions[i][0], 60)}",
-            fontsize=7,
-            loc="left",
-        )
-    fig.suptitle(f"{name}: greedy captions of test images", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    titles = [
+        f"model: {textwrap.shorten(captions[i], 60)}\n"
+        f"ref: {textwrap.shorten(split.captions[i][0], 60)}"
+        for i in range(n)
+    ]
+    _image_grid(split.images[:n], titles, f"{name}: greedy captions of test images", path)
 
 
 def _plot_parts(rows: list[dict[str, Any]], path: Path) -> bool:
@@ -273,28 +264,37 @@ def _plot_recall(rows: list[dict[str, Any]], path: Path, ceiling: dict[str, floa
     plt.close(fig)
 
 
-def _plot_grid(data: ImageTextData, sims: torch.Tensor, name: str, path: Path, n: int = 8) -> None:
+def _image_grid(images: np.ndarray, titles: Sequence[str], suptitle: str, path: Path) -> None:
+    """Images in rows of 4, each under its (multi-line) title."""
     plt = pyplot()
 
-    split = data["test"]
-    texts, owner = split.flat_captions()
+    n = len(images)
     fig, axes = plt.subplots(n // 4, 4, figsize=(16, 2.6 * (n // 4)))
-    for ax, i in zip(axes.ravel(), range(n), strict=False):
-        top = torch.topk(sims[i], 3).indices.tolist()
-        ax.imshow(split.images[i], interpolation="nearest")
+    for ax, image, title in zip(axes.ravel(), images, titles, strict=False):
+        ax.imshow(image, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        lines = []
-        for rank, t in enumerate(top, 1):
-            mark = "+" if owner[t] == i else "-"
-            lines.append(f"{rank}{mark} " + textwrap.shorten(texts[t], 60))
-        ax.set_title("\n".join(lines), fontsize=7, loc="left")
-    fig.suptitle(
-        f"{name}: top-3 captions per test image (+ = the image's own caption)", fontsize=10
-    )
+        ax.set_title(title, fontsize=7, loc="left")
+    fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_grid(data: ImageTextData, sims: torch.Tensor, name: str, path: Path, n: int = 8) -> None:
+    split = data["test"]
+    texts, owner = split.flat_captions()
+    titles = []
+    for i in range(n):
+        top = torch.topk(sims[i], 3).indices.tolist()
+        titles.append(
+            "\n".join(
+                f"{rank}{'+' if owner[t] == i else '-'} " + textwrap.shorten(texts[t], 60)
+                for rank, t in enumerate(top, 1)
+            )
+        )
+    suptitle = f"{name}: top-3 captions per test image (+ = the image's own caption)"
+    _image_grid(split.images[:n], titles, suptitle, path)
 
 
 def write_report(

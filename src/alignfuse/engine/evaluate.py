@@ -69,6 +69,18 @@ def image_tokens(model: Any, images: np.ndarray, batch_size: int = 256) -> torch
     )
 
 
+def _pad_words(
+    words: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batches of word tokens ``(b, L_i, D)`` and masks ``(b, L_i)``, padded to the longest
+    ``L_i`` and concatenated."""
+    width = max(w.shape[1] for w in words)
+    return (
+        torch.cat([F.pad(w, (0, 0, 0, width - w.shape[1])) for w in words]),
+        torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks]),
+    )
+
+
 @torch.inference_mode()
 def text_tokens(
     model: Any, texts: Sequence[str], batch_size: int = 256
@@ -80,10 +92,7 @@ def text_tokens(
     for i in range(0, len(texts), batch_size):
         prep = model.prepare_text(texts[i : i + batch_size])
         parts.append(model.text_tokens({k: v.to(dev) for k, v in prep.items()}))
-    width = max(w.shape[1] for w, _ in parts)
-    words = torch.cat([F.pad(w, (0, 0, 0, width - w.shape[1])) for w, _ in parts])
-    mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts])
-    return words, mask
+    return _pad_words([w for w, _ in parts], [m for _, m in parts])
 
 
 @torch.inference_mode()
@@ -120,11 +129,8 @@ def two_stage_texts(
     for i in range(0, len(texts), batch_size):
         prep = model.prepare_text(texts[i : i + batch_size])
         parts.append(model.text_features({k: v.to(dev) for k, v in prep.items()}))
-    width = max(w.shape[1] for _, w, _ in parts)
-    emb = torch.cat([e for e, _, _ in parts])
-    words = torch.cat([F.pad(w, (0, 0, 0, width - w.shape[1])) for _, w, _ in parts])
-    mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, _, m in parts])
-    return emb, words, mask
+    words, mask = _pad_words([w for _, w, _ in parts], [m for _, _, m in parts])
+    return torch.cat([e for e, _, _ in parts]), words, mask
 
 
 @torch.inference_mode()
@@ -231,13 +237,23 @@ def caption_likelihoods(
     return torch.cat(out)
 
 
-def _hard_negative_pairs(split: ImageTextSplit) -> tuple[list[str], list[str]] | None:
-    """Each image's positive caption and its minimal edit, when the split has negatives."""
+def _hard_negatives(split: ImageTextSplit) -> tuple[torch.Tensor, list[str]] | None:
+    """Where the split has negatives: each image's positive caption as an index into
+    ``split.flat_captions()`` and its minimal edit."""
     negs = split.extras.get("negatives")
     if not negs:
         return None
-    pos = [split.captions[i][n["positive"]] for i, n in enumerate(negs)]
-    return pos, [n["caption"] for n in negs]
+    first = np.cumsum([0] + [len(c) for c in split.captions[:-1]])
+    return torch.from_numpy(first + [n["positive"] for n in negs]), [n["caption"] for n in negs]
+
+
+def _winoground_pairs(groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and caption indices of the 4 pairs of each group (images and captions
+    flattened group by group), in ``(caption, image)`` order."""
+    first = 2 * torch.arange(groups).repeat_interleave(4)
+    images = first + torch.tensor([0, 1, 0, 1]).repeat(groups)
+    captions = first + torch.tensor([0, 0, 1, 1]).repeat(groups)
+    return images, captions
 
 
 def captioning_metrics(
@@ -272,10 +288,12 @@ def _evaluate_generative(model: Any, split: ImageTextSplit, batch_size: int) -> 
     by caption likelihood. A captioner has no score matrix, so no retrieval."""
     captions = generate_captions(model, split.images, batch_size)
     out: dict[str, Any] = captioning_metrics(captions, split.captions)
-    pairs = _hard_negative_pairs(split)
-    if pairs is not None:
-        pos = caption_likelihoods(model, split.images, pairs[0], batch_size)
-        neg = caption_likelihoods(model, split.images, pairs[1], batch_size)
+    negs = _hard_negatives(split)
+    if negs is not None:
+        texts = split.flat_captions()[0]
+        pos_texts = [texts[j] for j in negs[0].tolist()]
+        pos = caption_likelihoods(model, split.images, pos_texts, batch_size)
+        neg = caption_likelihoods(model, split.images, negs[1], batch_size)
         out.update(hard_negative_accuracy(pos.cpu().numpy(), neg.cpu().numpy()))
     out["_captions"] = captions
     return out
@@ -284,7 +302,9 @@ def _evaluate_generative(model: Any, split: ImageTextSplit, batch_size: int) -> 
 def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> dict[str, Any]:
     """Retrieval metrics (R@K, ranks, mAP), hard-negative accuracy where the split has
     negatives, and for dual encoders the embedding diagnostics (modality gap, alignment,
-    uniformity); a pairwise model has no embedding to measure them on."""
+    uniformity); a pairwise model has no embedding to measure them on. A two-stage model
+    gets the metrics of its re-ranked retrieval and of its first stage (``itc_*``); a
+    generative model gets captioning metrics (BLEU, ROUGE-L, CIDEr-D) instead of retrieval."""
     was_training = model.training
     model.eval()
     pairwise = bool(getattr(model, "pairwise", False))
@@ -315,14 +335,10 @@ def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> 
             out.update(retrieval_map(sims, own))
         if not pairwise:
             out.update(embedding_diagnostics(img, txt, own))
-        negs = split.extras.get("negatives")
-        if negs:
-            pos_idx = torch.from_numpy(
-                np.cumsum([0] + [len(c) for c in split.captions[:-1]])
-                + [n["positive"] for n in negs]
-            )
+        negs = _hard_negatives(split)
+        if negs is not None:
+            pos_idx, neg_texts = negs
             rows = torch.arange(len(split))
-            neg_texts = [n["caption"] for n in negs]
             if pairwise:
                 pos = sims[rows, pos_idx]
                 neg = pair_scores(model, split.images, neg_texts, batch_size).diagonal()
@@ -360,19 +376,15 @@ def evaluate_winoground(model: Any, data: ImageTextData, batch_size: int = 256) 
             blocks = full.reshape(g, 2, g, 2).diagonal(dim1=0, dim2=2)  # (2 i, 2 c, g)
             scores = blocks.permute(2, 1, 0)  # (g, caption, image)
         elif getattr(model, "generative", False):  # caption likelihood of each of the 4 pairs
-            grp = torch.arange(g).repeat_interleave(4)
-            cap = 2 * grp + torch.tensor([0, 0, 1, 1]).repeat(g)
-            im = 2 * grp + torch.tensor([0, 1, 0, 1]).repeat(g)
+            im, cap = _winoground_pairs(g)
             lik = caption_likelihoods(
-                model, images[im.numpy()], [captions[c] for c in cap.tolist()]
+                model, images[im.numpy()], [captions[c] for c in cap.tolist()], batch_size
             )
             scores = lik.reshape(g, 2, 2)
         elif getattr(model, "two_stage", False):  # the re-ranking score of each of the 4 pairs
             img, regions = two_stage_images(model, images, batch_size)
             txt, words, wmask = two_stage_texts(model, captions, batch_size)
-            grp = torch.arange(g).repeat_interleave(4)
-            cap = 2 * grp + torch.tensor([0, 0, 1, 1]).repeat(g)
-            im = 2 * grp + torch.tensor([0, 1, 0, 1]).repeat(g)
+            im, cap = _winoground_pairs(g)
             cos = (img[im] * txt[cap]).sum(1)
             scores = (match_pairs(model, regions, words, wmask, im, cap) + cos).reshape(g, 2, 2)
         else:
