@@ -75,6 +75,10 @@ def test_mask_words_follows_bert_masking():
     assert not torch.equal(chosen2, chosen)
     with pytest.raises(ValueError, match="probability"):
         mask_words(ids, lengths, vocab, 0.0)
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        mask_words(ids, lengths[:5], vocab)
+    with pytest.raises(ValueError, match="integer word ids"):
+        mask_words(ids.float(), lengths, vocab)
 
 
 @pytest.mark.parametrize(

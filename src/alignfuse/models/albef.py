@@ -73,7 +73,13 @@ def mask_words(
         raise ValueError(f"probability must be in (0, 1], got {probability}")
     if vocab_size < 3:
         raise ValueError(f"vocab_size must be >= 3 (pad, unk and a word), got {vocab_size}")
+    if ids.ndim != 2 or ids.is_floating_point():
+        raise ValueError(f"ids must be (B, L) integer word ids, got {tuple(ids.shape)} {ids.dtype}")
     b, length = ids.shape
+    if lengths.shape != (b,):
+        raise ValueError(
+            f"lengths must have shape ({b},) (one per caption), got {tuple(lengths.shape)}"
+        )
     valid = torch.arange(length, device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
     dev = ids.device
     u = torch.rand(b, length, generator=generator, device=dev)
