@@ -2,7 +2,9 @@
 are scored by the dot products of their embeddings; pairwise models (``model.pairwise``, e.g.
 SCAN) by their own score of every image-caption pair; two-stage models (``model.two_stage``,
 e.g. ALBEF) rank by their embeddings and re-score each query's top ``k`` with their fusion
-(:func:`rerank`), and the first stage's metrics are kept with the prefix ``itc_``."""
+(:func:`rerank`), and the first stage's metrics are kept with the prefix ``itc_``;
+generative models (``model.generative``, the captioner) by their greedy captions (BLEU,
+ROUGE-L, CIDEr-D) and match a pair by the caption's likelihood."""
 
 from __future__ import annotations
 
