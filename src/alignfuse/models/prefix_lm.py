@@ -174,26 +174,71 @@ class PrefixLM(nn.Module):
         picked = logp.gather(-1, targets.clamp_min(0)[..., None])[..., 0] * valid
         return picked.sum(1) / valid.sum(1)
 
+    def _layer_step(
+        self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, cache: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """One pre-norm decoder layer on the new positions ``x`` ``(B, T, width)``, their keys
+        and values appended to ``cache`` (``[keys, values]`` of the earlier positions, each
+        ``(B, heads, T_past, width / heads)``; empty on the first call, whose ``T``
+        positions attend causally among themselves)."""
+        attn = layer.self_attn
+        b, t, w = x.shape
+        q, k, v = (
+            z.view(b, t, attn.num_heads, w // attn.num_heads).transpose(1, 2)
+            for z in F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+        )
+        first = not cache
+        if not first:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        cache[:] = [k, v]
+        # a single new position attends to every cached one: no mask; the first call's
+        # block is causal (top-left aligned, as it starts at position 0)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=first and t > 1)
+        x = x + attn.out_proj(o.transpose(1, 2).reshape(b, t, w))
+        h: torch.Tensor = layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))  # type: ignore[operator]
+        return x + h
+
+    def _step_logits(self, x: torch.Tensor, caches: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Next-token logits ``(B, vocab)`` after the last of the new positions ``x``."""
+        for layer, cache in zip(self.decoder.layers, caches, strict=True):
+            x = self._layer_step(layer, x, cache)  # type: ignore[arg-type]
+        out: torch.Tensor = self.head(self.norm(x[:, -1]))
+        return out
+
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, max_len: int | None = None) -> list[str]:
+    def generate(
+        self, images: torch.Tensor, max_len: int | None = None, use_cache: bool = True
+    ) -> list[str]:
         """Greedy captions of ``(B, 3, H, W)`` images (never ``<pad>``, ``<unk>`` or the
-        begin token; stops at the end token or after ``max_len`` words)."""
+        begin token; stops at the end token or after ``max_len`` words).
+
+        With ``use_cache`` (the default) each layer keeps the keys and values of the
+        positions decoded so far, so a step runs the model on the one new token;
+        ``use_cache=False`` re-runs it on the whole sequence at each step (the reference
+        the cache is tested against)."""
         if max_len is not None and max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         steps = self.max_len if max_len is None else min(max_len, self.max_len)
         prefix = self.prefix(images)
-        b = prefix.shape[0]
+        b, p = prefix.shape[:2]
         seq = torch.full((b, 1), self.bos, dtype=torch.long, device=prefix.device)
         done = torch.zeros(b, dtype=torch.bool, device=prefix.device)
         banned = torch.tensor([0, 1, self.bos], device=prefix.device)
-        for _ in range(steps):
-            logits = self.logits(prefix, seq)[:, -1]
+        caches: list[list[torch.Tensor]] = [[] for _ in self.decoder.layers]
+        new = torch.cat([prefix, self.embed(seq)], 1) + self.pos[:, : p + 1]
+        for step in range(steps):
+            if use_cache:
+                logits = self._step_logits(new, caches)
+            else:
+                logits = self.logits(prefix, seq)[:, -1]
             logits[:, banned] = float("-inf")
             nxt = logits.argmax(-1).masked_fill(done, 0)
             done |= nxt == self.eos
             seq = torch.cat([seq, nxt[:, None]], 1)
             if bool(done.all()):
                 break
+            if use_cache and step + 1 < steps:
+                new = self.embed(nxt[:, None]) + self.pos[:, p + step + 1 : p + step + 2]
         out = []
         for row in seq[:, 1:].tolist():
             if self.eos in row:
