@@ -2,6 +2,8 @@
 greedy captions equal step-by-step loops, training and exact resume through the Trainer,
 and the generative evaluation (captioning metrics, likelihood matching)."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -111,7 +113,9 @@ def test_the_key_value_cache_gives_the_full_models_logits_at_every_step():
             assert caches[0][0].shape == (4, 2, p + t + 1, 8)
             if t + 1 < seq.shape[1]:
                 new = model.embed(seq[:, t + 1 : t + 2]) + model.pos[:, p + t + 1 : p + t + 2]
-        assert model.generate(images) == model.generate(images, use_cache=False)
+        assert model.generate(images, max_len=8) == model.generate(
+            images, max_len=8, use_cache=False
+        )
 
 
 def test_a_captioner_learns_to_say_what_it_sees():
@@ -129,6 +133,71 @@ def test_a_captioner_learns_to_say_what_it_sees():
         opt.step()
     assert out.logs["token_acc"] == 1.0
     assert model.eval().generate(images) == CAPTIONS[:2]
+    assert model.generate(images, beam_size=3) == CAPTIONS[:2]
+
+
+def test_beam_search_finds_the_likely_caption_that_greedy_decoding_misses():
+    """One image, five captions: "a ..." starts 3 of them but each ending has probability
+    1/3, while "b c" is 2 of 5. Greedy decoding takes "a" (0.6) and ends at a caption of
+    probability 0.2; a beam of 2 finds "b c" (0.4)."""
+    tok = Tokenizer.build(["a b c"])
+    torch.manual_seed(0)
+    model = build_prefix_lm(
+        tok, width=32, heads=2, max_len=4, image_args={"width": 4, "out_dim": 16}
+    )
+    captions = ["a a", "a b", "a c", "b c", "b c"]
+    batch = {"images": torch.zeros(5, 3, 64, 64), "text": model.prepare_text(captions)}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        opt.zero_grad()
+        model.training_loss(batch).loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        logp = model.log_likelihood(model.prefix(batch["images"]), batch["text"]).exp() ** 3
+    assert logp.tolist() == pytest.approx([0.2] * 3 + [0.4] * 2, abs=0.02)
+    image = batch["images"][:1]
+    assert model.generate(image)[0].startswith("a ")
+    assert model.generate(image, beam_size=2) == ["b c"]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_wide_beam_finds_the_best_caption_of_an_exhaustive_search(alpha):
+    """Three words and the end token, at most 3 words: 40 possible captions. A beam of 40
+    keeps every hypothesis alive, so beam search must return the caption whose summed
+    log-probability (teacher forcing on the whole sequence) over ``len ** alpha`` is
+    highest; in float64, for each of three images decoded in one batch."""
+    torch.manual_seed(1)
+    tok = Tokenizer.build(["a b c"])
+    model = build_prefix_lm(
+        tok,
+        width=16,
+        heads=2,
+        max_len=3,
+        length_penalty=alpha,
+        image_args={"width": 4, "out_dim": 16},
+    )
+    model = model.eval().double()
+    images = torch.rand(3, 3, 64, 64, dtype=torch.float64)
+    words = [tok.encode(w)[0] for w in "abc"]
+    hyps = [([*c], True) for m in range(3) for c in itertools.product(words, repeat=m)]
+    hyps += [([*c], False) for c in itertools.product(words, repeat=3)]
+    assert len(hyps) == 40
+    with torch.no_grad():
+        prefix = model.prefix(images)
+        best = []
+        for j in range(3):
+            ranked = []
+            for ids, ends in hyps:
+                targets = [*ids, model.eos] if ends else ids
+                inputs = torch.tensor([[model.bos, *ids]])[:, : len(targets)]
+                logits = model.logits(prefix[j : j + 1], inputs)[0]
+                logp = model._allowed_log_probs(logits)
+                total = float(logp[torch.arange(len(targets)), targets].sum())
+                ranked.append((total / len(targets) ** alpha, ids))
+            best.append(tok.decode(max(ranked)[1]))
+        assert model.generate(images, beam_size=40) == best
+        assert model.generate(images, beam_size=1) == model.generate(images)
 
 
 def test_trainer_trains_the_captioner_resumes_exactly_and_evaluates(tmp_path, tiny_overrides):
@@ -186,6 +255,13 @@ def test_captioner_rejects_bad_input():
         model.logits(prefix[:1], torch.full((2, 2), model.bos))
     with pytest.raises(ValueError, match="max_len must be"):
         model.generate(torch.rand(1, 3, 64, 64), max_len=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="beam_size must be a positive integer"):
+            model.generate(torch.rand(1, 3, 64, 64), beam_size=bad)
+    with pytest.raises(ValueError, match="use_cache"):
+        model.generate(torch.rand(1, 3, 64, 64), beam_size=2, use_cache=False)
+    with pytest.raises(ValueError, match="beam_size"):
+        build_prefix_lm(tok, beam_size=0)
     _, small = _model(max_regions=8)
     with pytest.raises(ValueError, match="max_regions"):
         small.prefix(torch.rand(1, 3, 64, 64))

@@ -43,6 +43,11 @@ class PrefixLM(nn.Module):
         heads: attention heads per layer.
         max_len: most words of a caption (longer ones are cut, as the tokenizer does).
         max_regions: most image tokens the position table takes.
+        beam_size: captions of :meth:`generate` by beam search over this many hypotheses;
+            1 (the default) is greedy decoding.
+        length_penalty: beam search ranks a finished caption by its summed log-probability
+            over ``len ** length_penalty`` (``len``: its tokens, the end token included; the
+            convention of Hugging Face's ``generate``); 0 ranks by the sum.
 
     Example:
         >>> tok = Tokenizer.build(["a red circle", "a blue square"])
@@ -66,6 +71,8 @@ class PrefixLM(nn.Module):
         heads: int = 4,
         max_len: int = 32,
         max_regions: int = 256,
+        beam_size: int = 1,
+        length_penalty: float = 1.0,
     ) -> None:
         super().__init__()
         if not callable(getattr(image_encoder, "tokens", None)):
@@ -79,6 +86,7 @@ class PrefixLM(nn.Module):
             ("heads", heads),
             ("max_len", max_len),
             ("max_regions", max_regions),
+            ("beam_size", beam_size),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -86,6 +94,7 @@ class PrefixLM(nn.Module):
             raise ValueError(f"width ({width}) must be a multiple of heads ({heads})")
         self.image_encoder, self.tokenizer = image_encoder, tokenizer
         self.max_len, self.max_regions = max_len, max_regions
+        self.beam_size, self.length_penalty = beam_size, float(length_penalty)
         self.bos, self.eos = len(tokenizer), len(tokenizer) + 1
         self.vocab_size = len(tokenizer) + 2
         self.projector = nn.Sequential(
@@ -205,46 +214,139 @@ class PrefixLM(nn.Module):
         out: torch.Tensor = self.head(self.norm(x[:, -1]))
         return out
 
+    def _allowed_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over the tokens a caption may contain: never ``<pad>``,
+        ``<unk>`` or the begin token (renormalised over the rest)."""
+        logits = logits.clone()
+        logits[:, [0, 1, self.bos]] = float("-inf")
+        return logits.log_softmax(-1)
+
+    def _first_step(self, prefix: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+        """Log-probabilities of the first word after the prefix and the begin token, and the
+        layers' key-value caches of those positions."""
+        p = prefix.shape[1]
+        caches: list[list[torch.Tensor]] = [[] for _ in self.decoder.layers]
+        bos = torch.full((prefix.shape[0], 1), self.bos, dtype=torch.long, device=prefix.device)
+        new = torch.cat([prefix, self.embed(bos)], 1) + self.pos[:, : p + 1]
+        return self._allowed_log_probs(self._step_logits(new, caches)), caches
+
+    def _next_log_probs(
+        self, tokens: torch.Tensor, position: int, caches: list[list[torch.Tensor]]
+    ) -> torch.Tensor:
+        """Log-probabilities after appending ``tokens`` ``(N,)`` at sequence ``position``."""
+        new = self.embed(tokens[:, None]) + self.pos[:, position : position + 1]
+        return self._allowed_log_probs(self._step_logits(new, caches))
+
     @torch.no_grad()
     def generate(
-        self, images: torch.Tensor, max_len: int | None = None, use_cache: bool = True
+        self,
+        images: torch.Tensor,
+        max_len: int | None = None,
+        use_cache: bool = True,
+        beam_size: int | None = None,
     ) -> list[str]:
-        """Greedy captions of ``(B, 3, H, W)`` images (never ``<pad>``, ``<unk>`` or the
-        begin token; stops at the end token or after ``max_len`` words).
+        """Captions of ``(B, 3, H, W)`` images, by greedy decoding or beam search (never
+        ``<pad>``, ``<unk>`` or the begin token; a caption stops at the end token or after
+        ``max_len`` words).
 
-        With ``use_cache`` (the default) each layer keeps the keys and values of the
-        positions decoded so far, so a step runs the model on the one new token;
-        ``use_cache=False`` re-runs it on the whole sequence at each step (the reference
-        the cache is tested against)."""
+        ``beam_size`` (default: the model's ``beam_size``) above 1 runs beam search: each
+        step extends every live hypothesis by every token and keeps the ``2 * beam_size``
+        best sums of log-probabilities; those that end among the top ``beam_size`` are
+        finished (ranked by the sum over ``len ** length_penalty``), the best
+        ``beam_size`` others live on; an image is done once it has ``beam_size`` finished
+        captions (fairseq's rule), and the live hypotheses at ``max_len`` words count as
+        finished. With ``use_cache`` (the default) each layer keeps the keys and values of
+        the positions decoded so far, so a step runs the model on one new token per
+        hypothesis; ``use_cache=False`` (greedy only) re-runs it on the whole sequence at
+        each step, the reference the cache is tested against."""
         if max_len is not None and max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        k = self.beam_size if beam_size is None else beam_size
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"beam_size must be a positive integer, got {k!r}")
+        if k > 1 and not use_cache:
+            raise ValueError("beam search runs with the key-value cache: use_cache must be True")
         steps = self.max_len if max_len is None else min(max_len, self.max_len)
         prefix = self.prefix(images)
+        rows = (
+            self._beam_search(prefix, steps, k) if k > 1 else self._greedy(prefix, steps, use_cache)
+        )
+        return [self.tokenizer.decode(row) for row in rows]
+
+    def _greedy(self, prefix: torch.Tensor, steps: int, use_cache: bool) -> list[list[int]]:
+        """Greedy word ids of each row of ``prefix`` (without the end token)."""
         b, p = prefix.shape[:2]
         seq = torch.full((b, 1), self.bos, dtype=torch.long, device=prefix.device)
         done = torch.zeros(b, dtype=torch.bool, device=prefix.device)
-        banned = torch.tensor([0, 1, self.bos], device=prefix.device)
-        caches: list[list[torch.Tensor]] = [[] for _ in self.decoder.layers]
-        new = torch.cat([prefix, self.embed(seq)], 1) + self.pos[:, : p + 1]
+        logp, caches = self._first_step(prefix) if use_cache else (None, [])
         for step in range(steps):
-            if use_cache:
-                logits = self._step_logits(new, caches)
-            else:
-                logits = self.logits(prefix, seq)[:, -1]
-            logits[:, banned] = float("-inf")
-            nxt = logits.argmax(-1).masked_fill(done, 0)
+            if not use_cache:
+                logp = self._allowed_log_probs(self.logits(prefix, seq)[:, -1])
+            assert logp is not None
+            nxt = logp.argmax(-1).masked_fill(done, 0)
             done |= nxt == self.eos
             seq = torch.cat([seq, nxt[:, None]], 1)
             if bool(done.all()):
                 break
             if use_cache and step + 1 < steps:
-                new = self.embed(nxt[:, None]) + self.pos[:, p + step + 1 : p + step + 2]
+                logp = self._next_log_probs(nxt, p + step + 1, caches)
         out = []
         for row in seq[:, 1:].tolist():
-            if self.eos in row:
-                row = row[: row.index(self.eos)]
-            out.append(self.tokenizer.decode(row))
+            out.append(row[: row.index(self.eos)] if self.eos in row else row)
         return out
+
+    def _beam_search(self, prefix: torch.Tensor, steps: int, k: int) -> list[list[int]]:
+        """Beam-search word ids of each row of ``prefix`` (see :meth:`generate`)."""
+        b, p = prefix.shape[:2]
+        dev, alpha, inf = prefix.device, self.length_penalty, float("-inf")
+        logp, caches = self._first_step(prefix)
+        vocab = logp.shape[-1]
+        for cache in caches:  # k copies of each image's hypothesis, only the first alive
+            cache[:] = [t.repeat_interleave(k, 0) for t in cache]
+        logp = logp.repeat_interleave(k, 0)
+        scores = torch.full((b, k), inf, dtype=logp.dtype, device=dev)
+        scores[:, 0] = 0.0
+        seqs: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(b)]
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+        active = [True] * b
+        for step in range(steps):
+            cand = (scores[..., None] + logp.view(b, k, vocab)).view(b, -1)
+            top, idx = (t.tolist() for t in cand.topk(min(2 * k, k * vocab), dim=1))
+            new_scores = torch.full((b, k), inf, dtype=logp.dtype)
+            origin = torch.zeros(b, k, dtype=torch.long)
+            tokens = torch.zeros(b, k, dtype=torch.long)
+            new_seqs: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(b)]
+            for i in range(b):
+                alive = 0
+                for rank, (sc, j) in enumerate(zip(top[i], idx[i], strict=True)):
+                    if not active[i] or sc == inf or alive == k:
+                        break
+                    beam, tok = divmod(j, vocab)
+                    if tok == self.eos:
+                        if rank < k:
+                            finished[i].append((sc / (step + 1) ** alpha, seqs[i][beam]))
+                        continue
+                    new_scores[i, alive], origin[i, alive], tokens[i, alive] = sc, beam, tok
+                    new_seqs[i][alive] = [*seqs[i][beam], tok]
+                    alive += 1
+                if len(finished[i]) >= k:
+                    active[i] = False
+            scores, seqs = new_scores.to(dev), new_seqs
+            if not any(active):
+                break
+            if step + 1 < steps:
+                rows = (torch.arange(b)[:, None] * k + origin).view(-1).to(dev)
+                for cache in caches:
+                    cache[:] = [t.index_select(0, rows) for t in cache]
+                logp = self._next_log_probs(tokens.view(-1).to(dev), p + step + 1, caches)
+        for i in range(b):  # hypotheses still alive after max_len words
+            if active[i]:
+                finished[i] += [
+                    (sc / steps**alpha, seqs[i][j])
+                    for j, sc in enumerate(scores[i].tolist())
+                    if sc != inf
+                ]
+        return [max(f, key=lambda e: e[0])[1] for f in finished]
 
 
 @MODELS.register("prefix_lm")
@@ -259,6 +361,8 @@ def build_prefix_lm(
     heads: int = 4,
     max_len: int = 32,
     max_regions: int = 256,
+    beam_size: int = 1,
+    length_penalty: float = 1.0,
 ) -> PrefixLM:
     """LLaVA-style captioner from a registered image encoder. ``embed_dim`` and
     ``text_encoder`` are the config's generic model keys and are not used: the language
@@ -266,4 +370,6 @@ def build_prefix_lm(
     if tokenizer is None:
         raise ValueError("prefix_lm needs a tokenizer built from training captions")
     img = ENCODERS.create(image_encoder, **(image_args or {}))
-    return PrefixLM(img, tokenizer, width, depth, heads, max_len, max_regions)
+    return PrefixLM(
+        img, tokenizer, width, depth, heads, max_len, max_regions, beam_size, length_penalty
+    )
