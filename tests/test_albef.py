@@ -269,6 +269,7 @@ def test_trainer_trains_albef_resumes_exactly_and_evaluates_two_stage(tmp_path, 
         "modality_gap",
         "hard_negative_acc",
     } <= res.keys()
+    assert res["rerank_k"] == 4  # the configured k, which the report's table shows
     # the hard-negative score is the re-ranking score of the two pairs
     model = full.model.eval()
     img, regions = two_stage_images(model, test.images)

@@ -119,8 +119,10 @@ def two_stage_markdown(rows: list[dict[str, Any]]) -> str:
         m = r.get("metrics") or {}
         if r.get("status") != "ok" or "test/itc_rsum" not in m:
             continue
-        k = ((r.get("config") or {}).get("model") or {}).get("args", {}).get("rerank_k", 16)
-        cells = [r["name"], str(k)]
+        k = m.get("test/rerank_k")  # runs that did not record it: their config
+        if k is None:
+            k = ((r.get("config") or {}).get("model") or {}).get("args", {}).get("rerank_k", 16)
+        cells = [r["name"], str(int(k))]
         for _, key in TWO_STAGE:
             kind = "num" if key == "rsum" else "pct"
             cells += [_fmt(m.get(f"test/itc_{key}"), kind), _fmt(m.get(f"test/{key}"), kind)]

@@ -135,6 +135,20 @@ def two_stage_texts(
     return torch.cat([e for e, _, _ in parts]), words, mask
 
 
+def first_stage(
+    model: Any, img: torch.Tensor, txt: torch.Tensor, paired: bool = False
+) -> torch.Tensor:
+    """A two-stage model's first-stage similarity of its image and text embeddings: ``(N, M)``
+    of all pairs, or ``(N,)`` of paired rows. The model's own ``similarity`` /
+    ``pair_similarity`` when it has them (BLIP-2: the best of each image's queries), else
+    dot products."""
+    own = getattr(model, "pair_similarity" if paired else "similarity", None)
+    if callable(own):
+        out: torch.Tensor = own(img, txt)
+        return out
+    return (img * txt).sum(1) if paired else img @ txt.T
+
+
 @torch.inference_mode()
 def match_pairs(
     model: Any,
@@ -322,11 +336,12 @@ def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> 
         elif two_stage:  # embeddings rank, the fusion re-scores the top k
             img, regions = two_stage_images(model, split.images, batch_size)
             txt, words, wmask = two_stage_texts(model, texts, batch_size)
-            first = img @ txt.T
+            first = first_stage(model, img, txt)
             first_metrics = {**retrieval_metrics(first, own), **retrieval_map(first, own)}
             out.update({f"itc_{k}": v for k, v in first_metrics.items()})
             i2t, t2i = rerank(model, first, regions, words, wmask, model.rerank_k, batch_size)
             out.update(two_stage_metrics(i2t, t2i, own))
+            out["rerank_k"] = float(model.rerank_k)  # for the report's two-stage table
             sims = i2t  # what a report shows: each image's ranked captions
         else:
             img = embed_images(model, split.images, batch_size)
@@ -335,7 +350,7 @@ def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> 
         if not two_stage:
             out.update(retrieval_metrics(sims, own))
             out.update(retrieval_map(sims, own))
-        if not pairwise:
+        if not pairwise and img.ndim == 2:  # one embedding per image (not BLIP-2's queries)
             out.update(embedding_diagnostics(img, txt, own))
         negs = _hard_negatives(split)
         if negs is not None:
@@ -349,8 +364,8 @@ def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> 
                     match_pairs(model, regions, words, wmask, rows, pos_idx) + first[rows, pos_idx]
                 )
                 n_emb, n_words, n_mask = two_stage_texts(model, neg_texts, batch_size)
-                neg = match_pairs(model, regions, n_words, n_mask, rows, rows) + (img * n_emb).sum(
-                    1
+                neg = match_pairs(model, regions, n_words, n_mask, rows, rows) + first_stage(
+                    model, img, n_emb, paired=True
                 )
             else:
                 pos = sims[rows, pos_idx]
@@ -387,7 +402,7 @@ def evaluate_winoground(model: Any, data: ImageTextData, batch_size: int = 256) 
             img, regions = two_stage_images(model, images, batch_size)
             txt, words, wmask = two_stage_texts(model, captions, batch_size)
             im, cap = _winoground_pairs(g)
-            cos = (img[im] * txt[cap]).sum(1)
+            cos = first_stage(model, img[im], txt[cap], paired=True)
             scores = (match_pairs(model, regions, words, wmask, im, cap) + cos).reshape(g, 2, 2)
         else:
             img = embed_images(model, images, batch_size).reshape(g, 2, -1)

@@ -1,11 +1,13 @@
 """Reference models assembled from the library's blocks: the dual encoder (CLIP, VSE++),
 SCAN (stacked cross attention, a pairwise matcher), ALBEF (align, then fuse: a dual
-encoder, a multimodal encoder with ITM and MLM, retrieval re-ranked by ITM) and a
-LLaVA-style captioner (image tokens projected as the prefix of a causal language model)."""
+encoder, a multimodal encoder with ITM and MLM, retrieval re-ranked by ITM), a
+LLaVA-style captioner (image tokens projected as the prefix of a causal language model) and
+BLIP-2's Q-Former (learned queries between the image and the text: ITC, ITM, ITG)."""
 
 from alignfuse.models.albef import ALBEF, FusionLayer, build_albef, mask_words
 from alignfuse.models.dual_encoder import DualEncoder, build_dual_encoder
 from alignfuse.models.prefix_lm import PrefixLM, build_prefix_lm
+from alignfuse.models.qformer import QFormer, QFormerLayer, build_qformer
 from alignfuse.models.scan import SCANModel, build_scan
 
 __all__ = [
@@ -13,10 +15,13 @@ __all__ = [
     "DualEncoder",
     "FusionLayer",
     "PrefixLM",
+    "QFormer",
+    "QFormerLayer",
     "SCANModel",
     "build_albef",
     "build_dual_encoder",
     "build_prefix_lm",
+    "build_qformer",
     "build_scan",
     "mask_words",
 ]

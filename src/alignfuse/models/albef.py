@@ -96,6 +96,33 @@ def mask_words(
     return out, chosen
 
 
+def itm_scale(itc_loss: nn.Module, itm_temperature: float | None) -> float:
+    """The inverse temperature of the softmax that draws ITM negatives: ``1 /
+    itm_temperature`` when given, else the contrastive loss's (``logit_scale``; 1 / 0.07
+    for a loss without one)."""
+    if itm_temperature is not None:
+        return 1 / itm_temperature
+    log_scale = getattr(itc_loss, "logit_scale", None)
+    return float(log_scale.detach().exp()) if isinstance(log_scale, torch.Tensor) else 1 / 0.07
+
+
+def hard_negative_itm(
+    head: Any, sims: torch.Tensor, ids: torch.Tensor, image_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, float]:
+    """ITM on every positive pair of a batch and one negative per image and per caption,
+    drawn by ``softmax(sims)`` (:func:`~alignfuse.losses.matching.matching`), never the
+    pair's own image (equal ``image_ids``) or an identical caption (equal ``ids`` rows);
+    ``head(image_rows, text_rows)`` gives ``(M, 2)`` logits. Returns the loss and the
+    head's accuracy."""
+    positives = (ids[:, None, :] == ids[None, :, :]).all(-1)  # identical captions
+    if image_ids is not None:
+        image_ids = image_ids.to(ids.device)
+        positives |= image_ids[:, None] == image_ids[None, :]
+    rows = torch.arange(len(ids), device=ids.device)
+    itm, logits, targets = matching(head, rows, rows, sims, positive_mask=positives)
+    return itm, float((logits.argmax(1) == targets).float().mean())
+
+
 class FusionLayer(nn.Module):
     """One layer of the multimodal encoder, BERT-style (post-norm): self attention over the
     words, cross attention from the words to the region tokens, a feed-forward block.
@@ -383,33 +410,16 @@ class ALBEF(DualEncoder):
         total = itc.loss
         logs = {"itc": float(itc.loss.detach())}
         if self.itm_weight > 0:
-            ids = text["ids"]
-            positives = (ids[:, None, :] == ids[None, :, :]).all(-1)  # identical captions
-            image_ids = batch.get("image_ids")
-            if image_ids is not None:
-                image_ids = image_ids.to(ids.device)
-                positives |= image_ids[:, None] == image_ids[None, :]
-            # the negatives' weights: softmax of the similarity over the ITC temperature
-            # (the paper's), or over itm_temperature
-            log_scale = getattr(itc_loss, "logit_scale", None)
-            if self.itm_temperature is not None:
-                scale = 1 / self.itm_temperature
-            elif isinstance(log_scale, torch.Tensor):
-                scale = float(log_scale.detach().exp())
-            else:
-                scale = 1 / 0.07
-            sims = (img @ txt.T).detach() * scale
-            rows = torch.arange(len(ids), device=ids.device)
+            sims = (img @ txt.T).detach() * itm_scale(itc_loss, self.itm_temperature)
 
             def head(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
                 # the pairs are indices: each image's keys and values are projected once;
                 # index_select: a fixed-order backward over repeated rows (see matching)
                 return self.match_logits(regions, words.index_select(0, text), wmask[text], image)
 
-            itm, logits, targets = matching(head, rows, rows, sims, positive_mask=positives)
+            itm, acc = hard_negative_itm(head, sims, text["ids"], batch.get("image_ids"))
             total = total + self.itm_weight * itm
-            logs["itm"] = float(itm.detach())
-            logs["itm_acc"] = float((logits.argmax(1) == targets).float().mean())
+            logs["itm"], logs["itm_acc"] = float(itm.detach()), acc
         if self.mlm_head is not None:
             ids, lengths = text["ids"], text["lengths"]
             masked, chosen = mask_words(ids, lengths, self.vocab_size, self.mlm_probability)
