@@ -8,11 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignfuse.config import load_config
 from alignfuse.encoders.image import SmallCNN, TinyViT
 from alignfuse.encoders.text import BiGRUTextEncoder, TransformerTextEncoder
 from alignfuse.encoders.tokenizer import Tokenizer
-from alignfuse.engine import Trainer, load_data
 from alignfuse.engine.evaluate import (
     evaluate_split,
     evaluate_winoground,
@@ -28,6 +26,7 @@ from alignfuse.losses.matching import matching, sample_hard_negatives
 from alignfuse.metrics import retrieval_map, retrieval_metrics, winoground_scores
 from alignfuse.models import build_albef, mask_words
 from alignfuse.models.albef import MASK_ID, FusionLayer
+from helpers import quiet_trainer
 
 ALBEF_OVERRIDES = [
     "model.name=albef",
@@ -37,8 +36,7 @@ ALBEF_OVERRIDES = [
 
 
 def _trainer(tmp_path, tiny, extra=(), name="albef"):
-    cfg = load_config(None, [*tiny, *ALBEF_OVERRIDES, *extra, f"name={name}"])
-    return Trainer(cfg, load_data(cfg), tmp_path / name, progress=False, log=lambda m: None)
+    return quiet_trainer(tmp_path, [*tiny, *ALBEF_OVERRIDES, *extra], name)
 
 
 def _tiny_model(**kw):

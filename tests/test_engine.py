@@ -4,16 +4,15 @@ import math
 import pytest
 import torch
 
-from alignfuse.config import load_config
-from alignfuse.engine import Trainer, latest_checkpoint, load_checkpoint, load_data
+from alignfuse.engine import latest_checkpoint, load_checkpoint
 from alignfuse.engine.trainer import lr_factor
 from alignfuse.errors import CheckpointError, TrainingDivergedError
 from alignfuse.outputs import LossOutput
+from helpers import quiet_trainer
 
 
 def _trainer(tmp_path, overrides, name="run"):
-    cfg = load_config(None, [*overrides, f"name={name}"])
-    return Trainer(cfg, load_data(cfg), tmp_path / name, progress=False, log=lambda m: None)
+    return quiet_trainer(tmp_path, overrides, name)
 
 
 def test_training_reduces_loss_and_is_seeded(tmp_path, tiny_overrides):

@@ -22,6 +22,7 @@ from alignfuse.engine.evaluate import (
 from alignfuse.metrics import bleu, cider, winoground_scores
 from alignfuse.models import build_prefix_lm
 from alignfuse.models.prefix_lm import IGNORE
+from helpers import quiet_trainer
 
 LM_OVERRIDES = [
     "model.name=prefix_lm",
@@ -31,8 +32,7 @@ CAPTIONS = ["a red circle above a blue square", "two green stars", "one small cr
 
 
 def _trainer(tmp_path, tiny, extra=(), name="lm"):
-    cfg = load_config(None, [*tiny, *LM_OVERRIDES, *extra, f"name={name}"])
-    return Trainer(cfg, load_data(cfg), tmp_path / name, progress=False, log=lambda m: None)
+    return quiet_trainer(tmp_path, [*tiny, *LM_OVERRIDES, *extra], name)
 
 
 def _model(**kw):

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from alignfuse.config import load_config
-from alignfuse.engine import Trainer, load_data
 from alignfuse.engine.evaluate import evaluate_split, evaluate_winoground, pair_scores
 from alignfuse.errors import ConfigError
 from alignfuse.interaction.scan import SCAN
+from helpers import quiet_trainer
 
 SCAN_OVERRIDES = [
     "model.name=scan",
@@ -19,8 +18,7 @@ SCAN_OVERRIDES = [
 
 
 def _trainer(tmp_path, tiny, extra=(), name="scan"):
-    cfg = load_config(None, [*tiny, *SCAN_OVERRIDES, *extra, f"name={name}"])
-    return Trainer(cfg, load_data(cfg), tmp_path / name, progress=False, log=lambda m: None)
+    return quiet_trainer(tmp_path, [*tiny, *SCAN_OVERRIDES, *extra], name)
 
 
 def test_scores_are_the_scan_scorer_on_the_projected_tokens(tmp_path, tiny_overrides):

@@ -342,7 +342,9 @@ def write_report(
         parts += [
             "## Captioning (test split)",
             "",
-            "Greedy captions scored against the test references (BLEU and ROUGE-L in %, "
+            "Captions (greedy, or beam search for a model with beam_size > 1; a dual "
+            "encoder's are retrieved training captions) scored against the test references "
+            "(BLEU and ROUGE-L in %, "
             "CIDEr-D as the COCO caption server computes it). A captioner matches images and "
             "captions by the caption's mean log-probability per token given the image: "
             "hard negatives and Winoground use that score.",
