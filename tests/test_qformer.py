@@ -24,7 +24,7 @@ from alignfuse.losses import InfoNCELoss
 from alignfuse.losses.info_nce import info_nce_from_similarity
 from alignfuse.metrics import retrieval_metrics, winoground_scores
 from alignfuse.models import build_qformer
-from alignfuse.models.qformer import IGNORE
+from alignfuse.models.prefix_lm import IGNORE
 from helpers import quiet_trainer
 
 QF_OVERRIDES = [

@@ -31,6 +31,25 @@ from alignfuse.registry import ENCODERS, MODELS
 IGNORE = -100  # cross-entropy's ignore_index: positions past a caption's end
 
 
+def next_word_targets(ids: torch.Tensor, lengths: torch.Tensor, end: int) -> torch.Tensor:
+    """Targets ``[w_1 .. w_n, end]`` ``(B, L + 1)`` of captions ``ids (B, L)`` with
+    ``lengths`` (``IGNORE`` past each caption's end): what the positions ``[start, w_1 ..
+    w_n]`` of a causal model predict."""
+    lengths = lengths.to(ids.device)
+    targets = F.pad(ids, (0, 1), value=0)
+    pos = torch.arange(ids.shape[1] + 1, device=ids.device)[None, :]
+    targets = torch.where(pos == lengths[:, None], torch.full_like(targets, end), targets)
+    return targets.masked_fill(pos > lengths[:, None], IGNORE)
+
+
+def next_word_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of ``logits (B, T, V)`` against ``targets (B, T)`` over the positions
+    that are not ``IGNORE``, and the argmax accuracy there."""
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+    valid = targets != IGNORE
+    return loss, float((logits.argmax(-1)[valid] == targets[valid]).float().mean())
+
+
 class PrefixLM(nn.Module):
     """Image tokens -> MLP projector -> prefix of a causal Transformer language model.
 
@@ -150,15 +169,11 @@ class PrefixLM(nn.Module):
         """Inputs ``[begin, w_1 .. w_n]`` and targets ``[w_1 .. w_n, end]`` (``IGNORE`` past
         each caption's end), both ``(B, L + 1)``."""
         ids, lengths = prepared["ids"], prepared["lengths"].to(prepared["ids"].device)
-        b, length = ids.shape
+        b = ids.shape[0]
         inputs = torch.cat(
             [torch.full((b, 1), self.bos, dtype=ids.dtype, device=ids.device), ids], 1
         )
-        targets = F.pad(ids, (0, 1), value=0)
-        pos = torch.arange(length + 1, device=ids.device)[None, :]
-        targets = torch.where(pos == lengths[:, None], torch.full_like(targets, self.eos), targets)
-        targets = targets.masked_fill(pos > lengths[:, None], IGNORE)
-        return inputs, targets
+        return inputs, next_word_targets(ids, lengths, self.eos)
 
     def training_loss(
         self, batch: Mapping[str, Any], loss_fn: nn.Module | None = None
@@ -167,9 +182,7 @@ class PrefixLM(nn.Module):
         configured contrastive loss, is not used: a captioner has no embedding pair)."""
         inputs, targets = self.teacher_forcing(batch["text"])
         logits = self.logits(self.prefix(batch["images"]), inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-        valid = targets != IGNORE
-        acc = float((logits.argmax(-1)[valid] == targets[valid]).float().mean())
+        loss, acc = next_word_loss(logits, targets)
         return LossOutput(loss, {"lm": float(loss.detach()), "token_acc": acc})
 
     def log_likelihood(

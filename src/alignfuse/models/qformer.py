@@ -43,10 +43,9 @@ from torch import nn
 
 from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.models.albef import hard_negative_itm, itm_scale
+from alignfuse.models.prefix_lm import next_word_loss, next_word_targets
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import ENCODERS, MODELS, check_arguments
-
-IGNORE = -100  # cross-entropy's ignore_index
 
 
 def _ffn(width: int) -> nn.Sequential:
@@ -346,10 +345,7 @@ class QFormer(nn.Module):
         tokens, pad = self._text_tokens(ids, self.dec), self._text_pad(prepared)
         queries = self.queries.expand(len(image), -1, -1)
         _, out = self._run(queries, tokens, pad, image, "causal")
-        pos = torch.arange(ids.shape[1] + 1, device=ids.device)[None, :]
-        targets = F.pad(ids, (0, 1), value=0)
-        targets = torch.where(pos == lengths[:, None], torch.full_like(targets, self.eos), targets)
-        return self.lm_head(out), targets.masked_fill(pos > lengths[:, None], IGNORE)
+        return self.lm_head(out), next_word_targets(ids, lengths, self.eos)
 
     # ------------------------------------------------------------------ training
 
@@ -380,11 +376,9 @@ class QFormer(nn.Module):
             logs["itm"], logs["itm_acc"] = float(itm.detach()), acc
         if self.itg_weight > 0:
             logits, targets = self.generation_logits(image, text)
-            itg = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-            valid = targets != IGNORE
+            itg, acc = next_word_loss(logits, targets)
             total = total + self.itg_weight * itg
-            logs["itg"] = float(itg.detach())
-            logs["itg_acc"] = float((logits.argmax(-1)[valid] == targets[valid]).float().mean())
+            logs["itg"], logs["itg_acc"] = float(itg.detach()), acc
         return LossOutput(total, {**itc.logs, **logs})
 
 
