@@ -99,6 +99,8 @@ def test_similarity_is_each_pairs_best_query():
     assert torch.allclose(paired, loop[:4].diagonal(), atol=1e-6)
     with pytest.raises(ValueError, match=r"\(N, Q, D\)"):
         build_qformer(Tokenizer.build(["a"])).similarity(img[:, 0], txt)
+    with pytest.raises(ValueError, match="chunk"):
+        build_qformer(Tokenizer.build(["a"])).similarity(img, txt, chunk=0)
 
 
 def test_itm_on_gathered_images_equals_itm_on_their_rows():
@@ -225,5 +227,7 @@ def test_qformer_rejects_bad_input(tmp_path, tiny_overrides):
         model._text_tokens(torch.ones(1, 3, dtype=torch.long), model.cls)
     _, model = _model()
     images, prep = _inputs(model)
+    with pytest.raises(ValueError, match="disagree"):
+        model.generation_logits(model.image_features(images[:2])[1], prep)
     with pytest.raises(ValueError, match="from_similarity"):
         model.training_loss({"images": images, "text": prep}, create_loss("sigmoid"))

@@ -289,6 +289,8 @@ class QFormer(nn.Module):
             raise ValueError(
                 f"img must be (N, Q, D) and txt (M, D), got {tuple(img.shape)}, {tuple(txt.shape)}"
             )
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 (images per block), got {chunk}")
         return (
             torch.cat([(img[i : i + chunk] @ txt.T).amax(1) for i in range(0, len(img), chunk)])
             if len(img)
@@ -342,6 +344,8 @@ class QFormer(nn.Module):
         """ITG: next-token logits ``(B, 1 + L, vocab)`` at ``[DEC], w_1 .. w_n`` and the
         targets ``w_1 .. w_n, end`` (``IGNORE`` past each caption's end)."""
         ids, lengths = prepared["ids"], prepared["lengths"].to(prepared["ids"].device)
+        if len(image) != len(ids):
+            raise ValueError(f"image and prepared captions disagree: {len(image)}, {len(ids)} rows")
         tokens, pad = self._text_tokens(ids, self.dec), self._text_pad(prepared)
         queries = self.queries.expand(len(image), -1, -1)
         _, out = self._run(queries, tokens, pad, image, "causal")
