@@ -25,7 +25,7 @@ from alignfuse.losses import InfoNCELoss
 from alignfuse.losses.matching import matching, sample_hard_negatives
 from alignfuse.metrics import retrieval_map, retrieval_metrics, winoground_scores
 from alignfuse.models import build_albef, mask_words
-from alignfuse.models.albef import MASK_ID, FusionLayer
+from alignfuse.models.albef import MASK_ID, FusionLayer, MergedLayer
 from helpers import quiet_trainer
 
 ALBEF_OVERRIDES = [
@@ -102,8 +102,9 @@ def test_encode_is_forward_and_tokens_in_one_pass(make):
         assert torch.allclose(tokens, enc.tokens(*x), atol=1e-6)
 
 
-def test_fusion_ignores_padding_and_the_other_rows():
-    _, model = _tiny_model()
+@pytest.mark.parametrize("fusion", ["cross", "merged"])
+def test_fusion_ignores_padding_and_the_other_rows(fusion):
+    _, model = _tiny_model(fusion=fusion)
     texts = ["a red circle above a blue square", "one cross"]
     with torch.no_grad():
         _, regions = model.image_features(torch.rand(2, 3, 64, 64))
@@ -143,8 +144,41 @@ def test_fusion_layer_equals_torch_attention_and_shares_keys_per_image():
         assert torch.allclose(layer(x, x_mask, regions[index]), got, atol=1e-6)
 
 
-def test_objective_is_itc_plus_itm_plus_mlm():
-    tok, model = _tiny_model()
+def test_merged_layer_equals_a_post_norm_transformer_layer():
+    torch.manual_seed(0)
+    layer = MergedLayer(16, 4).eval()
+    ref = nn.TransformerEncoderLayer(16, 4, 64, dropout=0.0, activation="gelu", batch_first=True)
+    with torch.no_grad():
+        ref.self_attn.load_state_dict(layer.att.state_dict())
+        ref.linear1.load_state_dict(layer.ffn[0].state_dict())
+        ref.linear2.load_state_dict(layer.ffn[2].state_dict())
+        ref.norm1.load_state_dict(layer.norms[0].state_dict())
+        ref.norm2.load_state_dict(layer.norms[1].state_dict())
+        x = torch.randn(3, 9, 16)
+        mask = torch.arange(9)[None, :] < torch.tensor([9, 4, 6])[:, None]
+        want = ref.eval()(x, src_key_padding_mask=~mask)
+        assert torch.allclose(layer(x, mask)[mask], want[mask], atol=1e-5)
+
+
+def test_merged_fusion_reads_the_regions_and_keeps_the_word_positions():
+    """Merged attention: the [CLS] and word states (not the regions') come back, they change
+    with the image, and ``region_index`` equals passing the gathered regions."""
+    _, model = _tiny_model(fusion="merged")
+    with torch.no_grad():
+        _, regions = model.image_features(torch.rand(3, 3, 64, 64))
+        _, words, mask = model.text_features(model.prepare_text(["a red circle", "one cross"]))
+        index = torch.tensor([2, 0])
+        out = model.fuse(regions, words, mask, index)
+        assert out.shape == (2, 1 + words.shape[1], 16)
+        assert torch.allclose(out, model.fuse(regions[index], words, mask), atol=1e-6)
+        other = model.fuse(regions, words, mask, torch.tensor([1, 1]))
+        assert not torch.allclose(out[:, 0], other[:, 0], atol=1e-4)
+    assert isinstance(model.layers[0], MergedLayer) and model.type_emb is not None
+
+
+@pytest.mark.parametrize("fusion", ["cross", "merged"])
+def test_objective_is_itc_plus_itm_plus_mlm(fusion):
+    tok, model = _tiny_model(fusion=fusion)
     model.train()
     texts = ["a red circle above a blue square", "two green stars", "one cross", "two green stars"]
     batch = {"images": torch.rand(4, 3, 64, 64), "text": model.prepare_text(texts)}
@@ -199,8 +233,9 @@ def test_hard_negatives_are_never_positives_and_follow_the_similarity():
     assert abs(float(p) - np.e / (np.e + 1)) < 0.03
 
 
-def test_rerank_equals_a_loop_over_queries():
-    _, model = _tiny_model(rerank_k=3)
+@pytest.mark.parametrize("fusion", ["cross", "merged"])
+def test_rerank_equals_a_loop_over_queries(fusion):
+    _, model = _tiny_model(rerank_k=3, fusion=fusion)
     texts = [
         "a red circle",
         "two green stars",
@@ -245,14 +280,18 @@ def test_rerank_equals_a_loop_over_queries():
     assert m["t2i_r1"] == retrieval_metrics(t2i, owner)["t2i_r1"]
 
 
-def test_trainer_trains_albef_resumes_exactly_and_evaluates_two_stage(tmp_path, tiny_overrides):
-    full = _trainer(tmp_path, tiny_overrides, name="full")
+@pytest.mark.parametrize("fusion", ["cross", "merged"])
+def test_trainer_trains_albef_resumes_exactly_and_evaluates_two_stage(
+    tmp_path, tiny_overrides, fusion
+):
+    extra = [f"model.args.fusion={fusion}"]
+    full = _trainer(tmp_path, tiny_overrides, extra, name="full")
     hist = full.fit()
     assert {"itc", "itm", "mlm", "itm_acc"} <= hist.train[0].keys()
     assert hist.train[-1]["loss"] < hist.train[0]["loss"] and hist.val
-    part = _trainer(tmp_path, tiny_overrides, name="part")
+    part = _trainer(tmp_path, tiny_overrides, extra, name="part")
     part.fit(stop_after=7)
-    part = _trainer(tmp_path, tiny_overrides, name="part")
+    part = _trainer(tmp_path, tiny_overrides, extra, name="part")
     part.fit(resume=True)  # the negatives and the masks come from the checkpointed RNG
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, part.model.state_dict()[k]), k
@@ -313,6 +352,7 @@ def test_albef_rejects_what_it_cannot_train(tmp_path, tiny_overrides):
         {"momentum": 1.0},
         {"queue_size": 8},
         {"distill_alpha": 1.5},
+        {"fusion": "co_attention"},
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             build_albef(Tokenizer.build(["a b"]), **bad)

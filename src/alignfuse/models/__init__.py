@@ -4,7 +4,7 @@ encoder, a multimodal encoder with ITM and MLM, retrieval re-ranked by ITM), a
 LLaVA-style captioner (image tokens projected as the prefix of a causal language model) and
 BLIP-2's Q-Former (learned queries between the image and the text: ITC, ITM, ITG)."""
 
-from alignfuse.models.albef import ALBEF, FusionLayer, build_albef, mask_words
+from alignfuse.models.albef import ALBEF, FusionLayer, MergedLayer, build_albef, mask_words
 from alignfuse.models.dual_encoder import DualEncoder, build_dual_encoder
 from alignfuse.models.prefix_lm import PrefixLM, build_prefix_lm
 from alignfuse.models.qformer import QFormer, QFormerLayer, build_qformer
@@ -14,6 +14,7 @@ __all__ = [
     "ALBEF",
     "DualEncoder",
     "FusionLayer",
+    "MergedLayer",
     "PrefixLM",
     "QFormer",
     "QFormerLayer",

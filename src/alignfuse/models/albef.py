@@ -7,7 +7,9 @@ Three parts, trained together:
    contrastive loss (ITC; InfoNCE in the paper) on their pooled, L2-normalised embeddings.
 2. **Fuse**: a multimodal encoder over the text's word features (plus a learned ``[CLS]``
    token) whose layers self-attend the words and cross-attend the image's region tokens
-   (:class:`~alignfuse.fusion.attention.CrossLayer`).
+   (:class:`FusionLayer`); or, with ``fusion="merged"``, one self-attention over the words
+   and region tokens together (:class:`MergedLayer`, the single-stream encoder of ViLT and
+   UNITER; METER's "merged attention").
 3. Two objectives on the fused states: **ITM**, a 2-way head on ``[CLS]`` trained on every
    positive pair and, per image and per caption, one in-batch negative drawn with
    probability ``softmax`` of the contrastive similarity (so hard negatives come often;
@@ -169,6 +171,30 @@ class FusionLayer(nn.Module):
         return out
 
 
+class MergedLayer(nn.Module):
+    """One layer of a merged-attention multimodal encoder (ViLT, UNITER; METER's "merged
+    attention"): a single self-attention over the concatenated word and region tokens, then a
+    feed-forward block; post-norm, like :class:`FusionLayer`. Every token attends every
+    other, so the regions are updated too (in :class:`FusionLayer` they are keys only)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.att = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ffn = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(2))
+
+    def forward(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
+        att = self.att(x, x, x, key_padding_mask=~x_mask, need_weights=False)[0]
+        x = self.norms[0](x + att)
+        out: torch.Tensor = self.norms[1](x + self.ffn(x))
+        return out
+
+
+FUSIONS = ("cross", "merged")
+
+
 class ALBEF(DualEncoder):
     """Dual encoder + multimodal encoder with ITM and MLM heads (Li et al. 2021).
 
@@ -190,6 +216,10 @@ class ALBEF(DualEncoder):
         itm_temperature: temperature of the softmax over cosine similarities that draws the
             ITM negatives; ``None`` = the contrastive loss's (the paper's). Larger values
             draw easier negatives (uniform in the limit).
+        fusion: ``"cross"`` (the paper's: words self-attend, then cross-attend the regions,
+            :class:`FusionLayer`) or ``"merged"`` (one self-attention over words and regions
+            together, with a learned modality-type embedding each, :class:`MergedLayer`; the
+            single-stream encoder of ViLT / UNITER, compared with co-attention by METER).
 
     Example:
         >>> tok = Tokenizer.build(["a red circle", "a blue square"])
@@ -225,8 +255,12 @@ class ALBEF(DualEncoder):
         queue_size: int = 0,
         distill_alpha: float = 0.4,
         itm_temperature: float | None = None,
+        fusion: str = "cross",
     ) -> None:
         super().__init__(image_encoder, text_encoder, embed_dim)
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        self.fusion = fusion
         if not callable(getattr(image_encoder, "encode", None)):
             raise ValueError(
                 f"ALBEF needs an image encoder with region tokens (encode()); "
@@ -276,7 +310,10 @@ class ALBEF(DualEncoder):
         self.word_fuse = nn.Linear(int(text_encoder.out_dim), width)  # type: ignore[arg-type]
         self.region_pos = nn.Parameter(torch.randn(1, max_regions, width) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-        self.layers = nn.ModuleList(FusionLayer(width, heads) for _ in range(depth))
+        layer = FusionLayer if fusion == "cross" else MergedLayer
+        self.layers = nn.ModuleList(layer(width, heads) for _ in range(depth))
+        # merged attention: which tokens are words (row 0) and which are regions (row 1)
+        self.type_emb = nn.Parameter(torch.randn(2, width) * 0.02) if fusion == "merged" else None
         self.itm_head = nn.Linear(width, 2)
         self.mlm_head = (
             nn.Sequential(
@@ -344,8 +381,9 @@ class ALBEF(DualEncoder):
         word_mask: torch.Tensor,
         region_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The multimodal encoder: ``(B, 1 + L, width)``, ``[CLS]`` first. Row ``i`` of
-        ``words`` attends ``regions[i]``, or ``regions[region_index[i]]`` when given."""
+        """The multimodal encoder's ``[CLS]`` and word states ``(B, 1 + L, width)``, ``[CLS]``
+        first. Row ``i`` of ``words`` is fused with ``regions[i]``, or with
+        ``regions[region_index[i]]`` when given."""
         rows = words.shape[0] if region_index is None else region_index.shape[0]
         if (
             word_mask.shape != words.shape[:2]
@@ -363,8 +401,17 @@ class ALBEF(DualEncoder):
             and (int(region_index.min()) < 0 or int(region_index.max()) >= regions.shape[0])
         ):
             raise ValueError(f"region_index must be in [0, {regions.shape[0]}) (one per image)")
-        x = torch.cat([self.cls.expand(len(words), -1, -1), words], 1)
+        cls = self.cls.expand(len(words), -1, -1)
         x_mask = F.pad(word_mask, (1, 0), value=True)
+        if self.type_emb is not None:  # merged: one sequence [CLS, words, regions]
+            if region_index is not None:
+                regions = regions.index_select(0, region_index)
+            x = torch.cat([cls, words + self.type_emb[0], regions + self.type_emb[1]], 1)
+            x_mask = F.pad(x_mask, (0, regions.shape[1]), value=True)
+            for layer in self.layers:
+                x = layer(x, x_mask)
+            return x[:, : 1 + words.shape[1]]
+        x = torch.cat([cls, words], 1)
         for layer in self.layers:
             x = layer(x, x_mask, regions, region_index)
         return x
@@ -508,7 +555,7 @@ def build_albef(
     """ALBEF (Li et al. 2021) from registered encoders; ``fusion_args`` are the keyword
     arguments of :class:`ALBEF` after ``embed_dim`` (``width``, ``depth``, ``heads``,
     ``mlm_probability``, ``itm_weight``, ``mlm_weight``, ``rerank_k``, ``max_regions``,
-    ``momentum``, ``queue_size``, ``distill_alpha``, ``itm_temperature``)."""
+    ``momentum``, ``queue_size``, ``distill_alpha``, ``itm_temperature``, ``fusion``)."""
     params = list(inspect.signature(ALBEF.__init__).parameters)
     check_arguments("model", "albef", fusion_args, params[params.index("embed_dim") + 1 :])
     if text_encoder == "minilm":
