@@ -14,7 +14,6 @@ from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.engine.evaluate import (
     evaluate_split,
     evaluate_winoground,
-    images_to_tensor,
     rerank,
     two_stage_images,
     two_stage_metrics,
@@ -26,7 +25,7 @@ from alignfuse.losses.matching import matching, sample_hard_negatives
 from alignfuse.metrics import retrieval_map, retrieval_metrics, winoground_scores
 from alignfuse.models import build_albef, mask_words
 from alignfuse.models.albef import MASK_ID, FusionLayer, MergedLayer
-from helpers import quiet_trainer
+from helpers import assert_resumes_exactly, quiet_trainer, two_stage_winoground_loop
 
 ALBEF_OVERRIDES = [
     "model.name=albef",
@@ -289,12 +288,8 @@ def test_trainer_trains_albef_resumes_exactly_and_evaluates_two_stage(
     hist = full.fit()
     assert {"itc", "itm", "mlm", "itm_acc"} <= hist.train[0].keys()
     assert hist.train[-1]["loss"] < hist.train[0]["loss"] and hist.val
-    part = _trainer(tmp_path, tiny_overrides, extra, name="part")
-    part.fit(stop_after=7)
-    part = _trainer(tmp_path, tiny_overrides, extra, name="part")
-    part.fit(resume=True)  # the negatives and the masks come from the checkpointed RNG
-    for k, v in full.model.state_dict().items():
-        assert torch.equal(v, part.model.state_dict()[k]), k
+    # the negatives and the masks come from the checkpointed RNG
+    assert_resumes_exactly(full, lambda: _trainer(tmp_path, tiny_overrides, extra, name="part"))
     test = full.data["test"]
     res = evaluate_split(full.model, test)
     res.pop("_sims")
@@ -323,15 +318,7 @@ def test_trainer_trains_albef_resumes_exactly_and_evaluates_two_stage(
 def test_winoground_of_a_two_stage_model_equals_a_loop_over_groups(tmp_path, tiny_overrides):
     tr = _trainer(tmp_path, tiny_overrides)
     model, wino = tr.model.eval(), tr.data.winoground
-    scores = np.zeros((len(wino), 2, 2))
-    with torch.no_grad():
-        for g in range(len(wino)):
-            img, regions = model.image_features(images_to_tensor(wino.images[g]))
-            txt, words, mask = model.text_features(model.prepare_text(list(wino.captions[g])))
-            for c in range(2):
-                for i in range(2):
-                    m = model.match_scores(regions[i : i + 1], words[c : c + 1], mask[c : c + 1])
-                    scores[g, c, i] = float(m) + float(img[i] @ txt[c])
+    scores = two_stage_winoground_loop(model, wino, lambda img, txt: img @ txt)
     assert evaluate_winoground(model, tr.data) == pytest.approx(winoground_scores(scores))
 
 
@@ -423,11 +410,6 @@ def test_trainer_resumes_albef_with_its_teacher_and_queue_exactly(tmp_path, tiny
     ]
     full = _trainer(tmp_path, tiny_overrides, extra, name="full")
     full.fit()
-    part = _trainer(tmp_path, tiny_overrides, extra, name="part")
-    part.fit(stop_after=7)
-    part = _trainer(tmp_path, tiny_overrides, extra, name="part")
-    part.fit(resume=True)
-    for k, v in full.model.state_dict().items():
-        assert torch.equal(v, part.model.state_dict()[k]), k
+    assert_resumes_exactly(full, lambda: _trainer(tmp_path, tiny_overrides, extra, name="part"))
     with pytest.raises(ValueError, match="logit_scale"):
         _trainer(tmp_path, tiny_overrides, [*extra, "loss.name=triplet"], name="t").fit()

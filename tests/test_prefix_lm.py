@@ -22,7 +22,7 @@ from alignfuse.engine.evaluate import (
 from alignfuse.metrics import bleu, cider, winoground_scores
 from alignfuse.models import build_prefix_lm
 from alignfuse.models.prefix_lm import IGNORE
-from helpers import quiet_trainer
+from helpers import assert_resumes_exactly, quiet_trainer
 
 LM_OVERRIDES = [
     "model.name=prefix_lm",
@@ -204,12 +204,7 @@ def test_trainer_trains_the_captioner_resumes_exactly_and_evaluates(tmp_path, ti
     full = _trainer(tmp_path, tiny_overrides, name="full")
     hist = full.fit()
     assert hist.train[-1]["lm"] < hist.train[0]["lm"] and "cider" in hist.val[0]
-    part = _trainer(tmp_path, tiny_overrides, name="part")
-    part.fit(stop_after=7)
-    part = _trainer(tmp_path, tiny_overrides, name="part")
-    part.fit(resume=True)
-    for k, v in full.model.state_dict().items():
-        assert torch.equal(v, part.model.state_dict()[k]), k
+    assert_resumes_exactly(full, lambda: _trainer(tmp_path, tiny_overrides, name="part"))
     test = full.data["test"]
     res = evaluate_split(full.model, test, batch_size=5)
     captions = res.pop("_captions")

@@ -3,7 +3,6 @@ what does not), the best-query similarity against a loop, the ITM head on gather
 an objective that is the sum of its parts, training with exact resume, and the two-stage
 evaluation (re-ranking, hard negatives, Winoground) on the model's own first stage."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,6 @@ from alignfuse.engine.evaluate import (
     evaluate_split,
     evaluate_winoground,
     first_stage,
-    images_to_tensor,
     two_stage_images,
     two_stage_texts,
 )
@@ -25,7 +23,7 @@ from alignfuse.losses.info_nce import info_nce_from_similarity
 from alignfuse.metrics import retrieval_metrics, winoground_scores
 from alignfuse.models import build_qformer
 from alignfuse.models.prefix_lm import IGNORE
-from helpers import quiet_trainer
+from helpers import assert_resumes_exactly, quiet_trainer, two_stage_winoground_loop
 
 QF_OVERRIDES = [
     "model.name=qformer",
@@ -153,12 +151,7 @@ def test_trainer_trains_the_qformer_resumes_exactly_and_evaluates_two_stage(
     hist = full.fit()
     assert {"itc", "itm", "itg", "itm_acc", "itg_acc"} <= hist.train[0].keys()
     assert hist.train[-1]["loss"] < hist.train[0]["loss"] and hist.val
-    part = _trainer(tmp_path, tiny_overrides, name="part")
-    part.fit(stop_after=7)
-    part = _trainer(tmp_path, tiny_overrides, name="part")
-    part.fit(resume=True)
-    for k, v in full.model.state_dict().items():
-        assert torch.equal(v, part.model.state_dict()[k]), k
+    assert_resumes_exactly(full, lambda: _trainer(tmp_path, tiny_overrides, name="part"))
     model, test = full.model.eval(), full.data["test"]
     res = evaluate_split(model, test)
     res.pop("_sims")
@@ -190,15 +183,8 @@ def test_trainer_trains_the_qformer_resumes_exactly_and_evaluates_two_stage(
 def test_winoground_of_the_qformer_equals_a_loop_over_groups(tmp_path, tiny_overrides):
     tr = _trainer(tmp_path, tiny_overrides)
     model, wino = tr.model.eval(), tr.data.winoground
-    scores = np.zeros((len(wino), 2, 2))
-    with torch.no_grad():
-        for g in range(len(wino)):
-            img, image = model.image_features(images_to_tensor(wino.images[g]))
-            txt, tokens, mask = model.text_features(model.prepare_text(list(wino.captions[g])))
-            for c in range(2):
-                for i in range(2):
-                    m = model.match_scores(image[i : i + 1], tokens[c : c + 1], mask[c : c + 1])
-                    scores[g, c, i] = float(m) + float((img[i] @ txt[c]).max())
+    # each pair's first stage: the best of the image's queries
+    scores = two_stage_winoground_loop(model, wino, lambda img, txt: (img @ txt).max())
     assert evaluate_winoground(model, tr.data) == pytest.approx(winoground_scores(scores))
 
 

@@ -8,7 +8,7 @@ import torch
 from alignfuse.engine.evaluate import evaluate_split, evaluate_winoground, pair_scores
 from alignfuse.errors import ConfigError
 from alignfuse.interaction.scan import SCAN
-from helpers import quiet_trainer
+from helpers import assert_resumes_exactly, quiet_trainer
 
 SCAN_OVERRIDES = [
     "model.name=scan",
@@ -46,12 +46,7 @@ def test_trainer_trains_scan_on_its_score_matrix_and_resumes(tmp_path, tiny_over
     hist = full.fit()
     losses = [r["loss"] for r in hist.train]
     assert losses[-1] < losses[0] and hist.val
-    part = _trainer(tmp_path, tiny_overrides, name="part")
-    part.fit(stop_after=7)
-    part = _trainer(tmp_path, tiny_overrides, name="part")
-    part.fit(resume=True)
-    for k, v in full.model.state_dict().items():
-        assert torch.equal(v, part.model.state_dict()[k]), k
+    part = assert_resumes_exactly(full, lambda: _trainer(tmp_path, tiny_overrides, name="part"))
     assert int(part.loss_fn.num_calls) == int(full.loss_fn.num_calls)  # the warm-up counter
     res = evaluate_split(full.model, full.data["test"])
     sims = res.pop("_sims")
