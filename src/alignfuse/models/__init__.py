@@ -1,17 +1,21 @@
 """Reference models assembled from the library's blocks: the dual encoder (CLIP, VSE++),
 SCAN (stacked cross attention, a pairwise matcher), ALBEF (align, then fuse: a dual
 encoder, a multimodal encoder with ITM and MLM, retrieval re-ranked by ITM), a
-LLaVA-style captioner (image tokens projected as the prefix of a causal language model) and
-BLIP-2's Q-Former (learned queries between the image and the text: ITC, ITM, ITG)."""
+LLaVA-style captioner (image tokens projected as the prefix of a causal language model),
+BLIP-2's Q-Former (learned queries between the image and the text: ITC, ITM, ITG) and the
+MVAE (a product-of-experts multimodal VAE: inference and generation from any subset of
+modalities)."""
 
 from alignfuse.models.albef import ALBEF, FusionLayer, MergedLayer, build_albef, mask_words
 from alignfuse.models.dual_encoder import DualEncoder, build_dual_encoder
+from alignfuse.models.mvae import MVAE, train_mvae
 from alignfuse.models.prefix_lm import PrefixLM, build_prefix_lm
 from alignfuse.models.qformer import QFormer, QFormerLayer, build_qformer
 from alignfuse.models.scan import SCANModel, build_scan
 
 __all__ = [
     "ALBEF",
+    "MVAE",
     "DualEncoder",
     "FusionLayer",
     "MergedLayer",
@@ -25,4 +29,5 @@ __all__ = [
     "build_qformer",
     "build_scan",
     "mask_words",
+    "train_mvae",
 ]
