@@ -66,6 +66,14 @@ def test_iwae_is_exact_for_a_linear_gaussian_mvae(samples):
         exact = _gaussian_logpdf(torch.cat([x[m] for m in subset], 1), mean, cov)
         est = model.log_marginal({m: x[m] for m in subset}, samples=samples, generator=g)
         torch.testing.assert_close(est, exact, rtol=0, atol=1e-9)
+    model.weights = {"a": 3.0, "b": 0.5}  # training weights are not part of the density
+    est = model.log_marginal(x, samples=samples, generator=g)
+    torch.testing.assert_close(
+        est,
+        _gaussian_logpdf(torch.cat([x["a"], x["b"]], 1), *_marginal(params, ("a", "b"))),
+        rtol=0,
+        atol=1e-9,
+    )
     # log p(a | b) = log p(a, b) - log p(b), against the Gaussian conditional
     mean, cov = _marginal(params, ("a", "b"))
     na = DIMS["a"]
@@ -280,6 +288,33 @@ def test_training_resumes_exactly(tmp_path):
     assert len(history) == 4
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_class_posterior_sums_out_the_label():
+    data, _ = _prototype_data(40)
+    model = MVAE(
+        {"image": 16, "label": 4},
+        {"image": "bernoulli", "label": "categorical"},
+        latent=3,
+        hidden=(8,),
+    ).eval()
+    post = model.class_log_posterior(
+        {"image": data["image"]}, "label", 5, torch.Generator().manual_seed(0)
+    )
+    g = torch.Generator().manual_seed(0)
+    loop = torch.stack(
+        [
+            model.log_marginal({"image": data["image"], "label": torch.full((40,), c)}, 5, g)
+            for c in range(4)
+        ],
+        1,
+    )
+    torch.testing.assert_close(post, loop - torch.logsumexp(loop, 1, keepdim=True))
+    torch.testing.assert_close(post.exp().sum(1), torch.ones(40))
+    with pytest.raises(ValueError, match="categorical"):
+        model.class_log_posterior({"label": data["label"]}, "image")
+    with pytest.raises(ValueError, match="also in given"):
+        model.class_log_posterior(data, "label")
 
 
 def test_bad_input_is_named():

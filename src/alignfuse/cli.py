@@ -51,6 +51,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench import load_suite, run_suite
     from alignfuse.bench.correlation import is_correlation_suite, run_correlation_suite
     from alignfuse.bench.fusion import is_fusion_suite, run_fusion_suite
+    from alignfuse.bench.mvae import is_mvae_suite, run_mvae_suite
     from alignfuse.bench.spoken import is_spoken_suite, run_spoken_suite
     from alignfuse.bench.temporal import is_temporal_suite, run_temporal_suite
 
@@ -59,6 +60,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         (is_temporal_suite, run_temporal_suite),
         (is_fusion_suite, run_fusion_suite),
         (is_spoken_suite, run_spoken_suite),
+        (is_mvae_suite, run_mvae_suite),
     ):
         if is_kind(args.suite):
             if args.overrides:

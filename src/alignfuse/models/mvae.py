@@ -229,10 +229,13 @@ class MVAE(nn.Module):
         kl = 0.5 * (lv.exp() + mu.pow(2) - 1 - lv).sum(-1)
         return self._reconstruction(z, x) - self.beta * kl
 
-    def _reconstruction(self, z: torch.Tensor, x: Batch) -> torch.Tensor:
-        """``sum_m lambda_m log p(x_m | z)`` (leading dims of ``z`` kept)."""
+    def _reconstruction(self, z: torch.Tensor, x: Batch, weighted: bool = True) -> torch.Tensor:
+        """``sum_m lambda_m log p(x_m | z)`` (``lambda_m = 1`` unless ``weighted``; leading
+        dims of ``z`` kept)."""
         out = self.decode(z, list(x))
-        terms = [self.weights[m] * self.log_likelihood(m, out[m], x[m]) for m in x]
+        terms = [
+            (self.weights[m] if weighted else 1.0) * self.log_likelihood(m, out[m], x[m]) for m in x
+        ]
         return torch.stack(terms).sum(0)
 
     def subsets_for(
@@ -316,7 +319,8 @@ class MVAE(nn.Module):
     ) -> torch.Tensor:
         """IWAE estimate of ``log p(x_S)`` per row with ``samples`` draws from ``q(z | x_S)``:
         ``log (1/K) sum_k p(x_S | z_k) p(z_k) / q(z_k | x_S)`` (a lower bound that tightens
-        as K grows; exact for any K when ``q`` is the true posterior)."""
+        as K grows; exact for any K when ``q`` is the true posterior). The model's density:
+        the training weights ``lambda_m`` do not enter."""
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         x = self._check(batch)
@@ -327,7 +331,7 @@ class MVAE(nn.Module):
             k = min(chunk, samples - s)
             eps = torch.randn((k, *mu.shape), generator=generator, dtype=mu.dtype).to(mu.device)
             z = mu + eps * sd  # (k, B, latent)
-            logp = self._reconstruction(z, x)
+            logp = self._reconstruction(z, x, weighted=False)
             log_prior = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
             log_q = -0.5 * (eps.pow(2) + lv + math.log(2 * math.pi)).sum(-1)
             parts.append(logp + log_prior - log_q)
@@ -348,6 +352,39 @@ class MVAE(nn.Module):
             raise ValueError(f"target and given share modalities {sorted(overlap)}")
         joint = self.log_marginal({**given, **target}, samples, generator)
         return joint - self.log_marginal(given, samples, generator)
+
+    @torch.no_grad()
+    def class_log_posterior(
+        self,
+        given: Batch,
+        target: str,
+        samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``log p(x_target = c | x_G)`` for every class ``c`` of a categorical modality,
+        ``(B, classes)``: ``log p(c, x_G) - logsumexp_c' log p(c', x_G)``, each joint an IWAE
+        estimate. Summing out the label gives ``log p(x_G)`` with the joint posteriors as
+        proposals, so the single-modality posterior plays no part (the difference of two IWAE
+        bounds in :meth:`log_conditional` is biased when that posterior is poor)."""
+        if target not in self.dims or self.likelihoods[target] != "categorical":
+            raise ValueError(f"target {target!r} must be a categorical modality of the model")
+        if target in given:
+            raise ValueError(f"target {target!r} is also in given")
+        x = self._check(given, "given")
+        rows = len(next(iter(x.values())))
+        device = next(self.parameters()).device
+        joint = torch.stack(
+            [
+                self.log_marginal(
+                    {**x, target: torch.full((rows,), c, dtype=torch.long, device=device)},
+                    samples,
+                    generator,
+                )
+                for c in range(self.dims[target])
+            ],
+            1,
+        )
+        return joint - torch.logsumexp(joint, 1, keepdim=True)
 
 
 def train_mvae(
