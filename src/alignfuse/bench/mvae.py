@@ -78,17 +78,19 @@ def evaluate_mvae(
         ("both", images),
     ):
         pred = model.predict(given, "label").argmax(1)
-        out[f"label|{name}"] = float((pred == y).float().mean())
+        out[f"label_from_{name}"] = float((pred == y).float().mean())
     for target, given_name, given in (
         ("rotated", "label", {"label": y}),
         ("noisy", "label", {"label": y}),
         ("rotated", "noisy", {"noisy": images["noisy"]}),
     ):
         gen = model.sample(target, given, generator=g).cpu().numpy()
-        out[f"{target}|{given_name}"] = float((probes[target].predict(gen) == y.numpy()).mean())
+        out[f"{target}_from_{given_name}"] = float(
+            (probes[target].predict(gen) == y.numpy()).mean()
+        )
     post = model.class_log_posterior({"rotated": images["rotated"]}, "label", samples, g)
-    out["bayes label|rotated"] = float((post.argmax(1) == y).float().mean())
-    out["nll_label|rotated"] = -float(post.gather(1, y[:, None]).mean())
+    out["bayes_label_from_rotated"] = float((post.argmax(1) == y).float().mean())
+    out["nll_label_from_rotated"] = -float(post.gather(1, y[:, None]).mean())
     out["nll_joint"] = -float(model.log_marginal(test, samples, g).mean())
     return out
 
@@ -127,11 +129,13 @@ def run_mvae_suite(name_or_path: str, out: str | Path, log: Any = None) -> list[
     ev = raw.get("eval") or {}
     samples, eval_seed = int(ev.get("samples", 500)), int(ev.get("seed", 0))
     reference = {
-        "label|rotated": float(
+        "label_from_rotated": float(
             probes["rotated"].score(test["rotated"].numpy(), test["label"].numpy())
         ),
-        "label|noisy": float(probes["noisy"].score(test["noisy"].numpy(), test["label"].numpy())),
-        "nll_label|rotated": float(
+        "label_from_noisy": float(
+            probes["noisy"].score(test["noisy"].numpy(), test["label"].numpy())
+        ),
+        "nll_label_from_rotated": float(
             log_loss(
                 test["label"].numpy(),
                 probes["rotated"].predict_proba(test["rotated"].numpy()),
@@ -150,9 +154,13 @@ def run_mvae_suite(name_or_path: str, out: str | Path, log: Any = None) -> list[
         model = MVAE(dims, LIKELIHOODS, **margs)
         tag = f"[{i + 1}/{len(experiments)}] {exp['name']}"
         log(f"{tag}: training ({model.subsets} subsets) ...")
+        folder = out / exp["name"]
+        timing = folder / "train_seconds.json"  # summed over the runs that trained it
+        before = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
         t0 = time.perf_counter()
-        history = train_mvae(model, train, seed=seed, checkpoint_dir=out / exp["name"], **targs)
-        train_s = time.perf_counter() - t0
+        history = train_mvae(model, train, seed=seed, checkpoint_dir=folder, **targs)
+        train_s = before + time.perf_counter() - t0
+        write_text_atomic(timing, json.dumps({"seconds": train_s}))
         t0 = time.perf_counter()
         metrics = evaluate_mvae(model, test, probes, samples, eval_seed)
         eval_s = time.perf_counter() - t0
@@ -194,32 +202,33 @@ def run_mvae_suite(name_or_path: str, out: str | Path, log: Any = None) -> list[
 
 
 NOTES = """\
-- `label|S`: accuracy of the label decoded from the posterior mean of `q(z | x_S)`; S is the
-  rotated view, the noisy view or both. The row "pixel probe" is a logistic regression on the
-  real test pixels of that view, for reference.
-- `T|S` (coherence): images of modality T generated from S (one `z ~ q(z | x_S)` per test row,
-  decoded to pixel means), classified by the logistic-regression probe trained on real
-  training images of T; the fraction given the right class.
-- `Bayes label|rot`, `nll label|rot`: the model as a generative classifier.
+Columns (`S → T`: modality T inferred or generated from the subset S):
+- `rot / noisy / both → label`: accuracy of the label decoded from the posterior mean of
+  `q(z | x_S)`, S the rotated view, the noisy view or both. The row "pixel probe" is a
+  logistic regression on the real test pixels of that view, for reference.
+- `label → rot`, `label → noisy`, `noisy → rot` (coherence): images of T generated from S (one
+  `z ~ q(z | x_S)` per test row, decoded to pixel means), classified by the logistic-regression
+  probe trained on real training images of T; the fraction given the right class.
+- `Bayes rot → label`, `NLL rot → label`: the model as a generative classifier,
   `p(label | rotated) = p(label, rotated) / sum_c p(c, rotated)`, each joint an
-  importance-weighted (IWAE) estimate with the joint posterior as proposal: its accuracy and
-  `-log p(true label | rotated)` in nats (the probe's is given for reference). `nll joint`: `-log p(rotated, noisy, label)`;
-  with grey levels under a Bernoulli likelihood this is a pseudo-likelihood, comparable
-  between rows only.
+  importance-weighted (IWAE) estimate with the joint posterior as proposal: its accuracy, and
+  `-log p(true label | rotated)` in nats (the probe's for reference).
+- `NLL joint`: `-log p(rotated, noisy, label)` in nats (IWAE); with grey levels under a
+  Bernoulli likelihood this is a pseudo-likelihood, comparable between rows only.
 """
 
 
 def _leaderboard(rows: list[dict[str, Any]], reference: dict[str, float]) -> str:
     cols = [
-        ("label|rot", "label|rotated", "{:.3f}"),
-        ("label|noisy", "label|noisy", "{:.3f}"),
-        ("label|both", "label|both", "{:.3f}"),
-        ("rot|label", "rotated|label", "{:.3f}"),
-        ("noisy|label", "noisy|label", "{:.3f}"),
-        ("rot|noisy", "rotated|noisy", "{:.3f}"),
-        ("Bayes label|rot", "bayes label|rotated", "{:.3f}"),
-        ("nll label|rot", "nll_label|rotated", "{:.3f}"),
-        ("nll joint", "nll_joint", "{:.1f}"),
+        ("rot → label", "label_from_rotated", "{:.3f}"),
+        ("noisy → label", "label_from_noisy", "{:.3f}"),
+        ("both → label", "label_from_both", "{:.3f}"),
+        ("label → rot", "rotated_from_label", "{:.3f}"),
+        ("label → noisy", "noisy_from_label", "{:.3f}"),
+        ("noisy → rot", "rotated_from_noisy", "{:.3f}"),
+        ("Bayes rot → label", "bayes_label_from_rotated", "{:.3f}"),
+        ("NLL rot → label", "nll_label_from_rotated", "{:.3f}"),
+        ("NLL joint", "nll_joint", "{:.1f}"),
     ]
     body = [
         [r["name"]]
@@ -237,12 +246,13 @@ def _leaderboard(rows: list[dict[str, Any]], reference: dict[str, float]) -> str
 
 def _plot_generated(generated: dict[str, np.ndarray], path: Path) -> None:
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(generated), figsize=(3.2 * len(generated), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(generated), figsize=(3.0 * len(generated), 4.2), squeeze=False)
     for ax, (name, imgs) in zip(axes[0], generated.items(), strict=True):
         classes, per, side = imgs.shape[:3]
-        grid = imgs.transpose(0, 2, 1, 3).reshape(classes * side, per * side)
+        cells = np.pad(imgs, ((0, 0), (0, 0), (1, 1), (1, 1)))  # a blank frame round each
+        grid = cells.transpose(0, 2, 1, 3).reshape(classes * (side + 2), per * (side + 2))
         ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=9, pad=4)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
