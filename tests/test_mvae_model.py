@@ -290,6 +290,59 @@ def test_training_resumes_exactly(tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+def test_moe_iwae_converges_to_the_linear_gaussian_marginal():
+    model, params = _linear_gaussian()
+    model.aggregation = "moe"  # the experts are now proposals, not the exact posterior
+    x = {m: v[:3] for m, v in _rows().items()}
+    g = torch.Generator().manual_seed(0)
+    for subset in (("a",), ("a", "b")):
+        exact = _gaussian_logpdf(torch.cat([x[m] for m in subset], 1), *_marginal(params, subset))
+        one = model.log_marginal({m: x[m] for m in subset}, samples=1, generator=g)
+        many = model.log_marginal({m: x[m] for m in subset}, samples=100_000, generator=g)
+        assert (one - exact).abs().max() > 1e-3  # an inexact proposal: one draw is noisy
+        torch.testing.assert_close(many, exact, rtol=0, atol=0.03)  # Monte Carlo error
+
+
+def test_moe_mixture_density_and_elbo_match_their_definitions():
+    lik = {"a": "gaussian", "b": "bernoulli", "c": "categorical"}
+    model = MVAE({"a": 5, "b": 4, "c": 3}, lik, latent=2, hidden=(8,), aggregation="moe").eval()
+    x = {"a": torch.randn(4, 5), "b": torch.rand(4, 4), "c": torch.tensor([0, 2, 1, 0])}
+    comps = model.posterior_components(x)
+    ex = model.experts(x)
+    assert len(comps) == 3 and all(
+        torch.equal(c[0], ex[m][0]) for c, m in zip(comps, "abc", strict=True)
+    )
+    z = torch.randn(7, 4, 2)
+    mus, sds = (
+        torch.stack([c[0] for c in comps], -2),
+        torch.stack([(0.5 * c[1]).exp() for c in comps], -2),
+    )
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.ones(4, 3)),
+        torch.distributions.Independent(torch.distributions.Normal(mus, sds), 1),
+    )
+    torch.testing.assert_close(model._log_q(z, comps), mixture.log_prob(z))
+    # eval mode: each component at its mean, rec + log p(z) - log q(z), averaged
+    want = []
+    for mu, _ in comps:
+        out = model.decode(mu)
+        rec = sum(model.log_likelihood(m, out[m], x[m]) for m in x)
+        prior = torch.distributions.Normal(0.0, 1.0).log_prob(mu).sum(-1)
+        want.append(rec + prior - mixture.log_prob(mu))
+    torch.testing.assert_close(model.elbo(x), torch.stack(want).mean(0))
+    with pytest.raises(ValueError, match="posterior_components"):
+        model.posterior(x)
+    probs = model.predict({"a": x["a"], "b": x["b"]}, "c")
+    per = [
+        model.decode(c[0], ["c"])["c"].softmax(-1)
+        for c in model.posterior_components({"a": x["a"], "b": x["b"]})
+    ]
+    torch.testing.assert_close(probs, torch.stack(per).mean(0))
+    assert model.sample("a", x, generator=torch.Generator().manual_seed(0)).shape == (4, 5)
+    with pytest.raises(ValueError, match="aggregation"):
+        MVAE({"a": 5}, {"a": "gaussian"}, aggregation="sum")
+
+
 def test_class_posterior_sums_out_the_label():
     data, _ = _prototype_data(40)
     model = MVAE(

@@ -27,7 +27,7 @@ from alignfuse.models.mvae import MVAE, train_mvae
 from alignfuse.registry import DATASETS
 
 KEYS = {"name", "kind", "description", "data", "model", "train", "eval", "experiments"}
-MODEL_KEYS = {"latent", "hidden", "weights", "beta", "subsets", "random_subsets"}
+MODEL_KEYS = {"latent", "hidden", "weights", "beta", "subsets", "random_subsets", "aggregation"}
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "anneal_epochs", "seed"}
 EVAL_KEYS = {"samples", "seed"}
 LIKELIHOODS = {"rotated": "bernoulli", "noisy": "bernoulli", "label": "categorical"}
@@ -155,12 +155,14 @@ def run_mvae_suite(name_or_path: str, out: str | Path, log: Any = None) -> list[
         tag = f"[{i + 1}/{len(experiments)}] {exp['name']}"
         log(f"{tag}: training ({model.subsets} subsets) ...")
         folder = out / exp["name"]
-        timing = folder / "train_seconds.json"  # summed over the runs that trained it
-        before = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
+        timing = folder / "train_seconds.json"  # summed over the runs that trained epochs
+        before = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0}
         t0 = time.perf_counter()
         history = train_mvae(model, train, seed=seed, checkpoint_dir=folder, **targs)
-        train_s = before + time.perf_counter() - t0
-        write_text_atomic(timing, json.dumps({"seconds": train_s}))
+        train_s = before["seconds"]
+        if before.get("epochs") != len(history):  # not only reloaded
+            train_s += time.perf_counter() - t0
+        write_text_atomic(timing, json.dumps({"seconds": train_s, "epochs": len(history)}))
         t0 = time.perf_counter()
         metrics = evaluate_mvae(model, test, probes, samples, eval_seed)
         eval_s = time.perf_counter() - t0

@@ -18,6 +18,11 @@ with ``subsets="paper"`` (the joint, every single modality and ``random_subsets`
 others per batch), ``"all"`` (every non-empty subset) or ``"joint"`` (the joint alone: the
 ablation of the paper's Fig. 3, whose single-modality posteriors are never trained).
 
+``aggregation="moe"`` makes it MMVAE (Shi et al. 2019): the posterior of a subset is the
+equal mixture of the unimodal posteriors (each encoder's Gaussian), trained with the
+stratified ELBO ``mean_{m in S} E_{q(z | x_m)}[log p(x_S | z) + log p(z) - log q(z | x_S)]``,
+in which each unimodal posterior must reconstruct every modality of the subset.
+
 Likelihoods per modality: ``bernoulli`` (logits; targets in [0, 1], grey levels as for
 MNIST), ``gaussian`` (mean, fixed ``scale``) and ``categorical`` (logits; integer targets,
 e.g. a label). :meth:`MVAE.log_marginal` is the importance-weighted estimate (IWAE, Burda
@@ -55,6 +60,7 @@ from alignfuse.fusion.mvae import product_of_experts
 
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 SUBSETS = ("paper", "all", "joint")
+AGGREGATIONS = ("poe", "moe")
 LOGVAR_RANGE = (-12.0, 12.0)  # experts' log-variances are clamped here (no inf precision)
 
 Batch = Mapping[str, torch.Tensor]
@@ -74,6 +80,10 @@ class MVAE(nn.Module):
         beta: weight of the KL term.
         subsets: which subset ELBOs :meth:`loss` sums: ``paper`` | ``all`` | ``joint``.
         random_subsets: with ``paper``, how many further random subsets per batch.
+        aggregation: ``poe`` (the MVAE: the experts' product with the prior) or ``moe``
+            (MMVAE, Shi et al. 2019: an equal mixture of the unimodal posteriors, each
+            encoder's Gaussian; with ``subsets="joint"`` this is the paper's stratified ELBO,
+            in which every unimodal posterior reconstructs every modality).
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class MVAE(nn.Module):
         beta: float = 1.0,
         subsets: str = "paper",
         random_subsets: int = 0,
+        aggregation: str = "poe",
     ) -> None:
         super().__init__()
         if not dims:
@@ -106,6 +117,8 @@ class MVAE(nn.Module):
                     raise ValueError(f"{name} names {m!r}, not a modality of dims {sorted(dims)}")
                 if not v > 0:
                     raise ValueError(f"{name}[{m!r}] must be positive, got {v}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if subsets not in SUBSETS:
             raise ValueError(f"subsets must be one of {SUBSETS}, got {subsets!r}")
         if latent < 1 or beta < 0 or random_subsets < 0:
@@ -121,6 +134,7 @@ class MVAE(nn.Module):
         self.beta = float(beta)
         self.subsets = subsets
         self.random_subsets = random_subsets
+        self.aggregation = aggregation
         hid = list(hidden)
         self.encoders = nn.ModuleDict({m: mlp([d, *hid, 2 * latent]) for m, d in self.dims.items()})
         self.decoders = nn.ModuleDict(
@@ -174,7 +188,8 @@ class MVAE(nn.Module):
 
     # --- the model ----------------------------------------------------------------------
     def experts(self, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """modality -> ``(mu, logvar)`` of its Gaussian expert, for the modalities given."""
+        """modality -> ``(mu, logvar)`` of its Gaussian expert, for the modalities given
+        (with ``moe``: its unimodal posterior)."""
         return self._experts(self._check(batch))
 
     def _experts(self, x: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -185,12 +200,37 @@ class MVAE(nn.Module):
         return out
 
     def posterior(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, logvar)`` of ``q(z | x_S)``, S = the modalities in ``batch``."""
-        return self._posterior(self._check(batch))
+        """``(mu, logvar)`` of ``q(z | x_S)``, S = the modalities in ``batch`` (``poe``; a
+        ``moe`` posterior is a mixture: :meth:`posterior_components`)."""
+        if self.aggregation != "poe":
+            raise ValueError("aggregation='moe' has a mixture posterior: use posterior_components")
+        return self._components(self._check(batch))[0]
 
-    def _posterior(self, x: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        ex = self._experts(x)
-        return product_of_experts([e[0] for e in ex.values()], [e[1] for e in ex.values()])
+    def posterior_components(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``(mu, logvar)`` of each component of ``q(z | x_S)``, an equal-weight mixture:
+        one (the product of experts) for ``poe``, one per modality for ``moe``."""
+        return self._components(self._check(batch))
+
+    def _components(self, x: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        ex = list(self._experts(x).values())
+        if self.aggregation == "moe":
+            return ex
+        return [product_of_experts([e[0] for e in ex], [e[1] for e in ex])]
+
+    @staticmethod
+    def _log_normal(z: torch.Tensor, mu: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
+        return -0.5 * ((z - mu).pow(2) * torch.exp(-lv) + lv + math.log(2 * math.pi)).sum(-1)
+
+    def _log_q(
+        self, z: torch.Tensor, comps: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """``log q(z | x_S)`` of the equal mixture of ``comps`` (leading dims of z kept)."""
+        logs = torch.stack([self._log_normal(z, mu, lv) for mu, lv in comps])
+        return torch.logsumexp(logs, 0) - math.log(len(comps))
+
+    @staticmethod
+    def _log_prior(z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
 
     def decode(
         self, z: torch.Tensor, modalities: Sequence[str] | None = None
@@ -217,17 +257,26 @@ class MVAE(nn.Module):
 
     def elbo(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         """``ELBO(x_S)`` per row (one reparameterised sample; the posterior mean in eval
-        mode), reconstructing the modalities in ``batch`` weighted by ``lambda_m``."""
+        mode), reconstructing the modalities in ``batch`` weighted by ``lambda_m``. A single
+        Gaussian posterior (``poe``) has its KL in closed form; a mixture (``moe``) takes the
+        stratified estimate ``mean_c [rec(z_c) + beta (log p(z_c) - log q(z_c | x_S))]``
+        with ``z_c`` drawn from component ``c``."""
         return self._elbo(self._check(batch), generator)
 
     def _elbo(self, x: Batch, generator: torch.Generator | None) -> torch.Tensor:
-        mu, lv = self._posterior(x)
-        z = mu
-        if self.training:
-            eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device="cpu")
-            z = mu + eps.to(mu.device) * (0.5 * lv).exp()
-        kl = 0.5 * (lv.exp() + mu.pow(2) - 1 - lv).sum(-1)
-        return self._reconstruction(z, x) - self.beta * kl
+        comps = self._components(x)
+        terms = []
+        for mu, lv in comps:
+            z = mu
+            if self.training:
+                eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device="cpu")
+                z = mu + eps.to(mu.device) * (0.5 * lv).exp()
+            if len(comps) == 1:
+                kl = 0.5 * (lv.exp() + mu.pow(2) - 1 - lv).sum(-1)
+                return self._reconstruction(z, x) - self.beta * kl
+            log_ratio = self._log_prior(z) - self._log_q(z, comps)
+            terms.append(self._reconstruction(z, x) + self.beta * log_ratio)
+        return torch.stack(terms).mean(0)
 
     def _reconstruction(self, z: torch.Tensor, x: Batch, weighted: bool = True) -> torch.Tensor:
         """``sum_m lambda_m log p(x_m | z)`` (``lambda_m = 1`` unless ``weighted``; leading
@@ -269,12 +318,14 @@ class MVAE(nn.Module):
     # --- inference and evaluation -------------------------------------------------------
     @torch.no_grad()
     def predict(self, given: Batch, target: str) -> torch.Tensor:
-        """The mean of ``p(x_target | z)`` at the posterior mean of ``q(z | x_given)``:
-        class probabilities (categorical), pixel probabilities (bernoulli) or the mean."""
+        """The mean of ``p(x_target | z)`` at the posterior mean of ``q(z | x_given)`` (for
+        a mixture: averaged over its components' means): class probabilities
+        (categorical), pixel probabilities (bernoulli) or the mean."""
         if target not in self.dims:
             raise ValueError(f"target {target!r} is not a modality of the model {self.modalities}")
-        mu, _ = self.posterior(given)
-        return self._mean(target, self.decoders[target](mu))
+        comps = self._components(self._check(given, "given"))
+        means = [self._mean(target, self.decoders[target](mu)) for mu, _ in comps]
+        return torch.stack(means).mean(0)
 
     def _mean(self, m: str, out: torch.Tensor) -> torch.Tensor:
         lik = self.likelihoods[m]
@@ -305,7 +356,13 @@ class MVAE(nn.Module):
             mu = torch.zeros(n, self.latent, dtype=p.dtype, device=p.device)
             lv = torch.zeros_like(mu)
         else:
-            mu, lv = self.posterior(given)
+            comps = self._components(self._check(given, "given"))
+            mu, lv = comps[0]
+            if len(comps) > 1:  # a mixture: one component per row, uniformly
+                pick = torch.randint(len(comps), (len(mu),), generator=generator)
+                rows = torch.arange(len(mu))
+                mu = torch.stack([c[0] for c in comps])[pick.to(mu.device), rows.to(mu.device)]
+                lv = torch.stack([c[1] for c in comps])[pick.to(lv.device), rows.to(lv.device)]
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
         return self._mean(target, self.decoders[target](mu + eps * (0.5 * lv).exp()))
 
@@ -319,24 +376,23 @@ class MVAE(nn.Module):
     ) -> torch.Tensor:
         """IWAE estimate of ``log p(x_S)`` per row with ``samples`` draws from ``q(z | x_S)``:
         ``log (1/K) sum_k p(x_S | z_k) p(z_k) / q(z_k | x_S)`` (a lower bound that tightens
-        as K grows; exact for any K when ``q`` is the true posterior). The model's density:
-        the training weights ``lambda_m`` do not enter."""
+        as K grows; exact for any K when ``q`` is the true posterior). A mixture posterior is
+        sampled stratified, ``samples`` draws from each component (still unbiased inside
+        the log). The model's density: the training weights ``lambda_m`` do not enter."""
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         x = self._check(batch)
-        mu, lv = self._posterior(x)
-        sd = (0.5 * lv).exp()
+        comps = self._components(x)
         parts = []
         for s in range(0, samples, chunk):
             k = min(chunk, samples - s)
-            eps = torch.randn((k, *mu.shape), generator=generator, dtype=mu.dtype).to(mu.device)
-            z = mu + eps * sd  # (k, B, latent)
-            logp = self._reconstruction(z, x, weighted=False)
-            log_prior = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-            log_q = -0.5 * (eps.pow(2) + lv + math.log(2 * math.pi)).sum(-1)
-            parts.append(logp + log_prior - log_q)
+            for mu, lv in comps:
+                eps = torch.randn((k, *mu.shape), generator=generator, dtype=mu.dtype)
+                z = mu + eps.to(mu.device) * (0.5 * lv).exp()  # (k, B, latent)
+                logp = self._reconstruction(z, x, weighted=False)
+                parts.append(logp + self._log_prior(z) - self._log_q(z, comps))
         w = torch.cat(parts)
-        return torch.logsumexp(w, 0) - math.log(samples)
+        return torch.logsumexp(w, 0) - math.log(samples * len(comps))
 
     @torch.no_grad()
     def log_conditional(
