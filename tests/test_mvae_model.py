@@ -290,16 +290,20 @@ def test_training_resumes_exactly(tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-def test_moe_iwae_converges_to_the_linear_gaussian_marginal():
+@pytest.mark.parametrize("aggregation", ["moe", "mopoe"])
+def test_mixture_iwae_converges_to_the_linear_gaussian_marginal(aggregation):
     model, params = _linear_gaussian()
-    model.aggregation = "moe"  # the experts are now proposals, not the exact posterior
+    model.aggregation = aggregation  # mixtures: proposals, no longer the exact posterior
     x = {m: v[:3] for m, v in _rows().items()}
     g = torch.Generator().manual_seed(0)
     for subset in (("a",), ("a", "b")):
         exact = _gaussian_logpdf(torch.cat([x[m] for m in subset], 1), *_marginal(params, subset))
         one = model.log_marginal({m: x[m] for m in subset}, samples=1, generator=g)
         many = model.log_marginal({m: x[m] for m in subset}, samples=100_000, generator=g)
-        assert (one - exact).abs().max() > 1e-3  # an inexact proposal: one draw is noisy
+        if aggregation == "mopoe" and len(subset) == 1:  # one component: the exact posterior
+            torch.testing.assert_close(one, exact, rtol=0, atol=1e-9)
+        else:
+            assert (one - exact).abs().max() > 1e-3  # an inexact proposal: one draw is noisy
         torch.testing.assert_close(many, exact, rtol=0, atol=0.03)  # Monte Carlo error
 
 
@@ -341,6 +345,26 @@ def test_moe_mixture_density_and_elbo_match_their_definitions():
     assert model.sample("a", x, generator=torch.Generator().manual_seed(0)).shape == (4, 5)
     with pytest.raises(ValueError, match="aggregation"):
         MVAE({"a": 5}, {"a": "gaussian"}, aggregation="sum")
+
+
+def test_mopoe_mixes_the_products_of_every_subset():
+    lik = {"a": "gaussian", "b": "bernoulli", "c": "categorical"}
+    torch.manual_seed(0)
+    mopoe = MVAE({"a": 5, "b": 4, "c": 3}, lik, latent=2, hidden=(8,), aggregation="mopoe").eval()
+    poe = MVAE({"a": 5, "b": 4, "c": 3}, lik, latent=2, hidden=(8,))
+    poe.load_state_dict(mopoe.state_dict())
+    x = {"a": torch.randn(4, 5), "b": torch.rand(4, 4), "c": torch.tensor([0, 2, 1, 0])}
+    comps = mopoe.posterior_components(x)
+    subsets = [("a", "b", "c"), ("a", "b"), ("a", "c"), ("b", "c"), ("a",), ("b",), ("c",)]
+    assert len(comps) == len(subsets)
+    for (mu, lv), sub in zip(comps, subsets, strict=True):
+        want = poe.posterior({m: x[m] for m in sub})
+        torch.testing.assert_close(mu, want[0])
+        torch.testing.assert_close(lv, want[1])
+    # one modality given: one component, the same model as the product of experts
+    one = {"a": x["a"]}
+    torch.testing.assert_close(mopoe.elbo(one), poe.eval().elbo(one))
+    torch.testing.assert_close(mopoe.predict(one, "c"), poe.predict(one, "c"))
 
 
 def test_class_posterior_sums_out_the_label():

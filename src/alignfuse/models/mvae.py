@@ -22,6 +22,10 @@ ablation of the paper's Fig. 3, whose single-modality posteriors are never train
 equal mixture of the unimodal posteriors (each encoder's Gaussian), trained with the
 stratified ELBO ``mean_{m in S} E_{q(z | x_m)}[log p(x_S | z) + log p(z) - log q(z | x_S)]``,
 in which each unimodal posterior must reconstruct every modality of the subset.
+``aggregation="mopoe"`` (MoPoE, Sutter et al. 2021) mixes the products of experts of every
+non-empty subset of the given modalities, with the same stratified ELBO (the paper samples
+one component per row and bounds the mixture's KL by the mean of its components' KLs; the
+stratified form keeps the mixture's own density).
 
 Likelihoods per modality: ``bernoulli`` (logits; targets in [0, 1], grey levels as for
 MNIST), ``gaussian`` (mean, fixed ``scale``) and ``categorical`` (logits; integer targets,
@@ -60,7 +64,7 @@ from alignfuse.fusion.mvae import product_of_experts
 
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 SUBSETS = ("paper", "all", "joint")
-AGGREGATIONS = ("poe", "moe")
+AGGREGATIONS = ("poe", "moe", "mopoe")
 LOGVAR_RANGE = (-12.0, 12.0)  # experts' log-variances are clamped here (no inf precision)
 
 Batch = Mapping[str, torch.Tensor]
@@ -83,7 +87,9 @@ class MVAE(nn.Module):
         aggregation: ``poe`` (the MVAE: the experts' product with the prior) or ``moe``
             (MMVAE, Shi et al. 2019: an equal mixture of the unimodal posteriors, each
             encoder's Gaussian; with ``subsets="joint"`` this is the paper's stratified ELBO,
-            in which every unimodal posterior reconstructs every modality).
+            in which every unimodal posterior reconstructs every modality), or ``mopoe``
+            (MoPoE, Sutter et al. 2021: the equal mixture of the products of experts of every
+            non-empty subset of the given modalities, each with the prior).
     """
 
     def __init__(
@@ -203,18 +209,28 @@ class MVAE(nn.Module):
         """``(mu, logvar)`` of ``q(z | x_S)``, S = the modalities in ``batch`` (``poe``; a
         ``moe`` posterior is a mixture: :meth:`posterior_components`)."""
         if self.aggregation != "poe":
-            raise ValueError("aggregation='moe' has a mixture posterior: use posterior_components")
+            raise ValueError(
+                f"aggregation={self.aggregation!r} has a mixture posterior: use posterior_components"
+            )
         return self._components(self._check(batch))[0]
 
     def posterior_components(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The ``(mu, logvar)`` of each component of ``q(z | x_S)``, an equal-weight mixture:
-        one (the product of experts) for ``poe``, one per modality for ``moe``."""
+        one (the product of experts) for ``poe``, one per modality for ``moe``, the product
+        of experts of each non-empty subset of S for ``mopoe`` (largest first)."""
         return self._components(self._check(batch))
 
     def _components(self, x: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         ex = list(self._experts(x).values())
         if self.aggregation == "moe":
             return ex
+        if self.aggregation == "mopoe":
+            subsets = [
+                c for r in range(len(ex), 0, -1) for c in itertools.combinations(range(len(ex)), r)
+            ]
+            return [
+                product_of_experts([ex[i][0] for i in c], [ex[i][1] for i in c]) for c in subsets
+            ]
         return [product_of_experts([e[0] for e in ex], [e[1] for e in ex])]
 
     @staticmethod
