@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import time
 
@@ -57,9 +56,10 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=9, help="warm calls of each CCA timed")
     p.add_argument("--kcca-n", type=int, default=0, help="also fit Nystrom KCCA on this many rows")
     args = p.parse_args()
+    from alignfuse.bench.report import machine
     from alignfuse.correlation import CCA, KCCA
 
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores")
+    print(f"machine: {machine()}")
     print(f"numpy {np.__version__}, BLAS: {blas_kernels()}")
     x, y = views(args.n, 256, 128)
     t0 = time.perf_counter()

@@ -14,12 +14,11 @@ ends early and every batch runs all ``--words`` steps.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import torch
 
+from alignfuse.bench.report import machine
 from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.models import build_prefix_lm
 
@@ -40,7 +39,7 @@ def main() -> None:
     tok = Tokenizer.build([VOCAB])
     model = build_prefix_lm(tok, max_len=args.words).eval()
     images = torch.rand(args.images, 3, 64, 64)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"machine: {machine()}, torch {torch.__version__}")
     print(f"{args.images} images, batches of {args.batch}, {args.words} steps")
     times = {True: 0.0, False: 0.0}
     same = True

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from alignfuse.bench.report import machine
 
 
 def _child(n: int, d: int, mode: str, chunk: int, repeats: int) -> dict[str, float]:
@@ -72,7 +72,7 @@ def main() -> None:
         return
     import torch
 
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"machine: {machine()}, torch {torch.__version__}")
     plain = run(args.n, args.dim, "plain", 0, args.repeats)
     print(f"plain    N={args.n} D={args.dim}: {plain['seconds']:.3f} s, +{plain['peak_mb']:.0f} MB")
     for chunk in sorted({args.chunk, 1024}):

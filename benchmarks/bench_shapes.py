@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
+from alignfuse.bench.report import machine
 from alignfuse.data.shapes import generate_shapes
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     args = p.parse_args()
     n_total = args.n_train + 2_000 + 2 * 200
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores")
+    print(f"machine: {machine()}")
     times = {}
     for workers in (1, os.cpu_count() or 1):
         best = float("inf")

@@ -14,14 +14,14 @@ Each time is the best of ``--repeat`` runs after one warm-up run; values are com
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+
+from alignfuse.bench.report import machine
 
 
 def best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -138,7 +138,7 @@ def main() -> None:
     p.add_argument("--only", choices=sorted(CASES), action="append")
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"machine: {machine()}, torch {torch.__version__}")
     for name in args.only or list(CASES):
         CASES[name](args.repeat)
 

@@ -28,7 +28,10 @@ def test_mvae_suite(tmp_path, capsys):
         assert all(0 <= m[k] <= 1 for k in m if "_from_" in k and not k.startswith("nll"))
         assert m["nll_label_from_rotated"] > 0 and m["nll_joint"] > 0
     assert (out / "generated.png").stat().st_size > 5000
-    assert "![generated](generated.png)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "![generated](generated.png)" in report and "![cross-modal](cross_modal.png)" in report
+    assert (out / "cross_modal.png").stat().st_size > 3000
+    assert "CPU cores" in report.split("Machine: ")[1].splitlines()[0]
     # a re-run resumes from the final checkpoints: same weights, so the same metrics
     assert main(["bench", "--suite", str(suite), "--out", str(out)]) == 0
     again = [json.loads(r) for r in (out / "results.jsonl").read_text().splitlines()]

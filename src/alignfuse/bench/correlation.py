@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.report import markdown_table, pyplot
+from alignfuse.bench.report import machine, markdown_table, pyplot
 from alignfuse.bench.suite import read_checked_suite, suite_kind
 from alignfuse.correlation import SCM
 from alignfuse.correlation.evaluate import evaluate_two_view
@@ -78,7 +76,7 @@ def run_correlation_suite(
     _plot(curves, out / "correlations.png")
     (out / "report.md").write_text(
         f"# alignfuse bench: suite `{raw.get('name', 'correlation')}`\n\n{str(raw.get('description', '')).strip()}\n\n"
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores.\n\n## Leaderboard (test split)\n\n{board}\n"
+        f"Machine: {machine()}.\n\n## Leaderboard (test split)\n\n{board}\n"
         "Cross-view retrieval asks for the *paired* view-2 row, but the views share only the class "
         "(about a tenth of the test rows are equally right), so its ceiling is low by construction.\n\n"
         "## Canonical correlation per component (test)\n\n![correlations](correlations.png)\n"

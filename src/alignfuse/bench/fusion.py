@@ -19,8 +19,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +33,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.report import markdown_table, pyplot
+from alignfuse.bench.report import machine, markdown_table, pyplot
 from alignfuse.bench.suite import read_checked_suite, suite_kind
 from alignfuse.config import ExperimentConfig, from_dict
 from alignfuse.data.shapes import load_shapes
@@ -701,7 +699,7 @@ def run_fusion_suite(
     _plot_scan_words(extra, data["test"], out / "scan_attention.png")
     (out / "report.md").write_text(
         f"# alignfuse bench: suite `{raw.get('name', 'fusion')}`\n\n{str(raw.get('description', '')).strip()}\n\n"
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores. Pretrained dual encoder: test t2i R@1 "
+        f"Machine: {machine()}. Pretrained dual encoder: test t2i R@1 "
         f"{pre_row['metrics']['test/t2i_r1']:.3f} ({pre_row['train_seconds']:.0f} s).\n\n"
         f"## Leaderboard\n\n{board}\n![vqa](vqa.png)\n\n## Attention maps\n\n"
         "SAN's two hops over the image for test questions:\n\n![san](san_attention.png)\n\n"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.report import markdown_table, pyplot
+from alignfuse.bench.report import machine, markdown_table, pyplot
 from alignfuse.bench.suite import check_keys, read_checked_suite, suite_kind
 from alignfuse.data.twoview import TwoViewSplit
 from alignfuse.errors import ConfigError
@@ -145,6 +143,12 @@ def run_mvae_suite(name_or_path: str, out: str | Path, log: Any = None) -> list[
     }
     rows: list[dict[str, Any]] = []
     generated: dict[str, np.ndarray] = {}
+    crossed: dict[str, np.ndarray] = {}
+    # the first test row of each class: its noisy view, translated to the rotated one
+    classes = sorted(set(test["label"].tolist()))
+    firsts = torch.tensor([int((test["label"] == c).nonzero()[0]) for c in classes])
+    side = math.isqrt(dims["rotated"])
+    square = side * side == dims["rotated"] == dims["noisy"]
     for i, exp in enumerate(experiments):
         margs = {**(raw.get("model") or {}), **{k: v for k, v in exp.items() if k in MODEL_KEYS}}
         targs = {**(raw.get("train") or {}), **{k: v for k, v in exp.items() if k in TRAIN_KEYS}}
@@ -166,12 +170,14 @@ def run_mvae_suite(name_or_path: str, out: str | Path, log: Any = None) -> list[
         t0 = time.perf_counter()
         metrics = evaluate_mvae(model, test, probes, samples, eval_seed)
         eval_s = time.perf_counter() - t0
-        side = math.isqrt(dims["rotated"])
-        if side * side == dims["rotated"]:  # square images: a grid of samples per class
+        if square:  # image grids: samples per class, and noisy -> rotated translations
             labels = torch.arange(n_classes).repeat_interleave(8)
             g = torch.Generator().manual_seed(1)
             gen = model.sample("rotated", {"label": labels}, generator=g)
             generated[exp["name"]] = gen.cpu().numpy().reshape(n_classes, 8, side, side)
+            given = {"noisy": test["noisy"][firsts].repeat_interleave(4, 0)}
+            gen = model.sample("rotated", given, generator=g)
+            crossed[exp["name"]] = gen.cpu().numpy().reshape(len(firsts), 4, side, side)
         rows.append(
             {
                 "name": exp["name"],
@@ -191,13 +197,18 @@ def run_mvae_suite(name_or_path: str, out: str | Path, log: Any = None) -> list[
         write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     board = _leaderboard(rows, reference)
     write_text_atomic(out / "leaderboard.md", board)
-    if generated:
+    if square:
         _plot_generated(generated, out / "generated.png")
+        noisy = test["noisy"][firsts].numpy().reshape(len(firsts), 1, side, side)
+        _plot_generated({"noisy input": noisy, **crossed}, out / "cross_modal.png")
     write_text_atomic(
         out / "report.md",
         f"# alignfuse bench: suite `{raw.get('name', 'mvae')}`\n\n{str(raw.get('description', '')).strip()}\n\n"
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores.\n\n## Leaderboard (test split)\n\n{board}\n"
-        f"{NOTES}\n## Digits generated from the label alone (rows: 0-9)\n\n![generated](generated.png)\n",
+        f"Machine: {machine()}.\n\n## Leaderboard (test split)\n\n{board}\n"
+        f"{NOTES}\n## Digits generated from the label alone (rows: 0-9)\n\n![generated](generated.png)\n"
+        "\n## Rotated digits generated from a noisy view (`noisy → rot`)\n\nThe first test row of "
+        "each class; its noisy view on the left, four samples of each model beside it.\n\n"
+        "![cross-modal](cross_modal.png)\n",
     )
     print(board)
     return rows
@@ -248,7 +259,14 @@ def _leaderboard(rows: list[dict[str, Any]], reference: dict[str, float]) -> str
 
 def _plot_generated(generated: dict[str, np.ndarray], path: Path) -> None:
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(generated), figsize=(3.0 * len(generated), 4.2), squeeze=False)
+    widths = [imgs.shape[1] for imgs in generated.values()]
+    fig, axes = plt.subplots(
+        1,
+        len(generated),
+        figsize=(0.4 * sum(widths) + 0.6 * len(widths), 4.2),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
     for ax, (name, imgs) in zip(axes[0], generated.items(), strict=True):
         classes, per, side = imgs.shape[:3]
         cells = np.pad(imgs, ((0, 0), (0, 0), (1, 1), (1, 1)))  # a blank frame round each

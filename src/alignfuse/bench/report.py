@@ -31,6 +31,23 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
+def processor() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else ``platform``): trained
+    figures depend on it, through the kernels its instruction set selects."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown processor"
+
+
+def machine() -> str:
+    """``platform, processor, N CPU cores`` for the reports' machine line."""
+    return f"{platform.platform()}, {processor()}, {os.cpu_count()} CPU cores"
+
+
 def pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend (benchmarks run headless)."""
     import matplotlib
@@ -320,8 +337,7 @@ def write_report(
         "",
         suite.description,
         "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__}. "
-        f"Whole run: {total_seconds:.0f} s.",
+        f"Machine: {machine()}, torch {torch.__version__}. Whole run: {total_seconds:.0f} s.",
         "",
         "## Leaderboard (test split; recalls in %)",
         "",

@@ -11,8 +11,6 @@ utterances), mAP, the modality gap, and speech-to-text R@1 per voice.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.report import markdown_table, pyplot
+from alignfuse.bench.report import machine, markdown_table, pyplot
 from alignfuse.bench.suite import check_keys, read_checked_suite, suite_kind
 from alignfuse.data.spoken import REFERENCE, SpokenData, load_spoken
 from alignfuse.encoders.audio import AudioCNN, pad_frames
@@ -258,7 +256,7 @@ def run_spoken_suite(
     total = time.perf_counter() - t_suite
     (out / "report.md").write_text(
         f"# alignfuse bench: suite `{raw.get('name', 'spoken')}`\n\n{str(raw.get('description', '')).strip()}\n\n"
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__}. "
+        f"Machine: {machine()}, torch {torch.__version__}. "
         f"Whole run: {total:.0f} s.\n\n"
         f"Test: {len(test_s)} unseen sentences, {sum(len(by_sentence[s]) for s in test_s)} utterances "
         f"(chance speech-to-text R@1: {1 / len(test_s):.3f}).\n\n"

@@ -15,8 +15,6 @@ and the end of the last word; reported as mean, median and the share within 20 /
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +25,7 @@ import numpy as np
 import torch
 
 from alignfuse._io import write_text_atomic
-from alignfuse.bench.report import markdown_table, pyplot
+from alignfuse.bench.report import machine, markdown_table, pyplot
 from alignfuse.bench.suite import check_keys, read_checked_suite, suite_kind
 from alignfuse.data.spoken import SpokenData, Utterance, load_spoken
 from alignfuse.errors import ConfigError
@@ -212,7 +210,7 @@ def run_temporal_suite(
     _plot_errors(rows, out / "errors.png")
     (out / "report.md").write_text(
         f"# alignfuse bench: suite `{raw.get('name', 'temporal')}`\n\n{str(raw.get('description', '')).strip()}\n\n"
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores. Data: {len(data.sentences)} sentences, "
+        f"Machine: {machine()}. Data: {len(data.sentences)} sentences, "
         f"{len(data.utterances)} utterances (espeak-ng), features every {hop:g} ms.\n\n"
         f"## Word-boundary error (ms)\n\n{board}\n![errors](errors.png)\n\n"
         f"## One voice-to-voice pair\n\n{src.voice} at {src.rate} wpm onto {dst.voice} at {dst.rate} wpm: "

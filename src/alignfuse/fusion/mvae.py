@@ -3,8 +3,11 @@
 Each modality's encoder gives a Gaussian expert ``q(z | x_m) = N(mu_m, sigma_m^2)``; the joint
 posterior is their product with the prior expert ``N(0, I)``: precision
 ``T = 1 + sum_m 1 / sigma_m^2``, mean ``(sum_m mu_m / sigma_m^2) / T``. A missing modality is
-simply left out of the product, so one model serves every subset of modalities. Training
-uses the paper's sub-sampled ELBO: the joint ELBO plus each single-modality ELBO.
+simply left out of the product, so one model serves every subset of modalities. ``loss`` is
+a sub-sampled ELBO (the joint ELBO plus each single-modality ELBO) in which every posterior
+reconstructs every given modality. The generative model of the paper (each subset
+reconstructing its own modalities, sampling, IWAE likelihoods, MMVAE and MoPoE mixtures) is
+:class:`alignfuse.models.MVAE`.
 
 Example:
     >>> import torch
