@@ -1,5 +1,6 @@
 """Optimal transport between sets: entropic Sinkhorn (balanced and unbalanced, log domain),
-the Sinkhorn divergence, and entropic (fused) Gromov-Wasserstein.
+the Sinkhorn divergence, entropic (fused) Gromov-Wasserstein, and exact OT by proximal point
+steps (IPOT) with UNITER's word-region alignment on top.
 
 Everything is batched torch on the input's device. Inputs: weights ``a`` ``(n,)`` / ``(B, n)``
 (``None`` for uniform), ``b`` likewise, and a cost ``(n, m)`` / ``(B, n, m)``. Every solver
@@ -22,12 +23,22 @@ from alignfuse.transport.gromov import (
     entropic_fused_gromov_wasserstein,
     entropic_gromov_wasserstein,
 )
+from alignfuse.transport.ipot import (
+    IPOTResult,
+    ipot,
+    word_region_alignment_loss,
+    word_region_distance,
+)
 from alignfuse.transport.sinkhorn import TransportResult, sinkhorn, sinkhorn_divergence
 
 __all__ = [
+    "IPOTResult",
     "TransportResult",
     "entropic_fused_gromov_wasserstein",
     "entropic_gromov_wasserstein",
+    "ipot",
     "sinkhorn",
     "sinkhorn_divergence",
+    "word_region_alignment_loss",
+    "word_region_distance",
 ]
