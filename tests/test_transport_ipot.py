@@ -114,7 +114,9 @@ def test_wra_loss_pulls_positives_and_pushes_negatives():
     )
     with pytest.raises(ValueError, match="one shape"):
         word_region_alignment_loss(d, pos[:3])
-    with pytest.raises(ValueError, match="no tokens"):
+    with pytest.raises(ValueError, match="NaN"):
+        word_region_distance(torch.full((2, 3, 4), float("nan")), torch.randn(2, 2, 4))
+    with pytest.raises(ValueError, match="masks every token"):
         word_region_distance(torch.randn(2, 3, 4), torch.randn(2, 2, 4), torch.zeros(2, 3).bool())
     with pytest.raises(ValueError, match="agree"):
         word_region_distance(torch.randn(2, 3, 4), torch.randn(2, 2, 5))

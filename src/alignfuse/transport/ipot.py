@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from alignfuse.losses.token_wise import _check_tokens
 from alignfuse.transport.sinkhorn import check_problem
 
 
@@ -107,25 +108,14 @@ def word_region_distance(
     """UNITER's WRA distance per pair ``(B,)``: IPOT on ``1 - cos(word_i, region_j)``
     between ``words`` ``(B, L, d)`` and ``regions`` ``(B, R, d)``, uniform over the tokens
     the masks keep (``True`` = real token). The plan carries no gradient."""
-    if words.ndim != 3 or regions.ndim != 3:
-        raise ValueError(
-            f"words and regions must be (B, L, d) and (B, R, d), got {tuple(words.shape)} and {tuple(regions.shape)}"
-        )
+    masks = [
+        _check_tokens(words, word_mask, "words"),
+        _check_tokens(regions, region_mask, "regions"),
+    ]
     if len(words) != len(regions) or words.shape[-1] != regions.shape[-1]:
         raise ValueError(
             f"words {tuple(words.shape)} and regions {tuple(regions.shape)} must agree in batch and width"
         )
-    masks = []
-    for name, mask, t in (("word_mask", word_mask, words), ("region_mask", region_mask, regions)):
-        if mask is None:
-            mask = torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
-        if tuple(mask.shape) != tuple(t.shape[:2]):
-            raise ValueError(
-                f"{name} must have shape {tuple(t.shape[:2])}, got {tuple(mask.shape)}"
-            )
-        if not mask.any(-1).all():
-            raise ValueError(f"{name} leaves a pair with no tokens")
-        masks.append(mask.bool())
     cost = 1 - F.normalize(words, dim=-1) @ F.normalize(regions, dim=-1).transpose(1, 2)
     wa, wb = (m.to(cost.dtype) for m in masks)
     with torch.no_grad():
