@@ -52,6 +52,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +69,11 @@ AGGREGATIONS = ("poe", "moe", "mopoe")
 LOGVAR_RANGE = (-12.0, 12.0)  # experts' log-variances are clamped here (no inf precision)
 
 Batch = Mapping[str, torch.Tensor]
+
+
+def nonempty_subsets(items: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Every non-empty subset of ``items`` as a tuple in their order, largest first."""
+    return [c for r in range(len(items), 0, -1) for c in itertools.combinations(items, r)]
 
 
 class MVAE(nn.Module):
@@ -224,14 +230,8 @@ class MVAE(nn.Module):
         ex = list(self._experts(x).values())
         if self.aggregation == "moe":
             return ex
-        if self.aggregation == "mopoe":
-            subsets = [
-                c for r in range(len(ex), 0, -1) for c in itertools.combinations(range(len(ex)), r)
-            ]
-            return [
-                product_of_experts([ex[i][0] for i in c], [ex[i][1] for i in c]) for c in subsets
-            ]
-        return [product_of_experts([e[0] for e in ex], [e[1] for e in ex])]
+        subsets = nonempty_subsets(ex) if self.aggregation == "mopoe" else [tuple(ex)]
+        return [product_of_experts([e[0] for e in c], [e[1] for e in c]) for c in subsets]
 
     @staticmethod
     def _log_normal(z: torch.Tensor, mu: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
@@ -281,18 +281,29 @@ class MVAE(nn.Module):
 
     def _elbo(self, x: Batch, generator: torch.Generator | None) -> torch.Tensor:
         comps = self._components(x)
+
+        def z_of(mu: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
+            return self._draw(mu, lv, generator) if self.training else mu
+
+        if len(comps) == 1:
+            mu, lv = comps[0]
+            z = z_of(mu, lv)
+            kl = 0.5 * (lv.exp() + mu.pow(2) - 1 - lv).sum(-1)
+            return self._reconstruction(z, x) - self.beta * kl
         terms = []
-        for mu, lv in comps:
-            z = mu
-            if self.training:
-                eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device="cpu")
-                z = mu + eps.to(mu.device) * (0.5 * lv).exp()
-            if len(comps) == 1:
-                kl = 0.5 * (lv.exp() + mu.pow(2) - 1 - lv).sum(-1)
-                return self._reconstruction(z, x) - self.beta * kl
+        for mu, lv in comps:  # stratified: one draw per component
+            z = z_of(mu, lv)
             log_ratio = self._log_prior(z) - self._log_q(z, comps)
             terms.append(self._reconstruction(z, x) + self.beta * log_ratio)
         return torch.stack(terms).mean(0)
+
+    @staticmethod
+    def _draw(
+        mu: torch.Tensor, lv: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """``mu + eps * sigma``, ``eps`` drawn on the CPU (reproducible on any device)."""
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device="cpu")
+        return mu + eps.to(mu.device) * (0.5 * lv).exp()
 
     def _reconstruction(self, z: torch.Tensor, x: Batch, weighted: bool = True) -> torch.Tensor:
         """``sum_m lambda_m log p(x_m | z)`` (``lambda_m = 1`` unless ``weighted``; leading
@@ -312,9 +323,7 @@ class MVAE(nn.Module):
             return [present]
         singles = [(m,) for m in present]
         if self.subsets == "all":
-            return [
-                c for r in range(len(present), 0, -1) for c in itertools.combinations(present, r)
-            ]
+            return nonempty_subsets(present)
         rest = [c for r in range(2, len(present)) for c in itertools.combinations(present, r)]
         picks: list[tuple[str, ...]] = []
         if rest and self.random_subsets:
@@ -345,13 +354,9 @@ class MVAE(nn.Module):
 
     def _mean(self, m: str, out: torch.Tensor) -> torch.Tensor:
         lik = self.likelihoods[m]
-        return (
-            out.softmax(-1)
-            if lik == "categorical"
-            else out.sigmoid()
-            if lik == "bernoulli"
-            else out
-        )
+        if lik == "categorical":
+            return out.softmax(-1)
+        return out.sigmoid() if lik == "bernoulli" else out
 
     @torch.no_grad()
     def sample(
@@ -379,8 +384,7 @@ class MVAE(nn.Module):
                 rows = torch.arange(len(mu))
                 mu = torch.stack([c[0] for c in comps])[pick.to(mu.device), rows.to(mu.device)]
                 lv = torch.stack([c[1] for c in comps])[pick.to(lv.device), rows.to(lv.device)]
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
-        return self._mean(target, self.decoders[target](mu + eps * (0.5 * lv).exp()))
+        return self._mean(target, self.decoders[target](self._draw(mu, lv, generator)))
 
     @torch.no_grad()
     def log_marginal(

@@ -58,8 +58,9 @@ def ipot(
     padding) under ``cost`` ``(n, m)`` / ``(B, n, m)`` by ``max_iter`` proximal steps.
 
     ``cost / beta`` must stay below ~700 in float64 (~80 in float32), or ``exp(-C / beta)``
-    underflows: scale the cost or raise ``beta``. Differentiable in ``cost`` through
-    ``<P, C>`` if the caller detaches nothing; WRA detaches the plan."""
+    underflows: scale the cost or raise ``beta``. The plan is computed without gradients;
+    the returned ``cost`` ``<P, C>`` is differentiable in ``C`` with ``P`` held fixed (at
+    the optimum, the gradient of the OT value: WRA's "plan without gradient")."""
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if isinstance(inner, bool) or not isinstance(inner, int) or inner < 1:
@@ -74,7 +75,7 @@ def ipot(
             "scale the cost or raise beta"
         )
     with torch.no_grad():
-        cd = c.detach()
+        cd = c.detach()  # the iterations never build a graph
         g = torch.exp(-(cd - cd.amin((-2, -1), keepdim=True)) / beta)
         plan = wa[:, :, None] * wb[:, None, :]
         sigma = torch.ones_like(wb)
@@ -118,9 +119,7 @@ def word_region_distance(
         )
     cost = 1 - F.normalize(words, dim=-1) @ F.normalize(regions, dim=-1).transpose(1, 2)
     wa, wb = (m.to(cost.dtype) for m in masks)
-    with torch.no_grad():
-        plan = ipot(wa, wb, cost.detach(), beta=beta, max_iter=max_iter).plan
-    return (plan * cost).sum((-2, -1))
+    return ipot(wa, wb, cost, beta=beta, max_iter=max_iter).cost
 
 
 def word_region_alignment_loss(distance: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
