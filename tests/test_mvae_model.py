@@ -418,6 +418,8 @@ def test_bad_input_is_named():
         model.log_conditional({"label": ok["label"]}, ok)
     with pytest.raises(ValueError, match="samples"):
         model.log_marginal(ok, samples=0)
+    with pytest.raises(ValueError, match="chunk"):
+        model.log_marginal(ok, chunk=0)
     for kwargs, msg in [
         ({"likelihoods": {"image": "poisson", "label": "categorical"}}, "poisson"),
         ({"likelihoods": {"image": "bernoulli"}}, "likelihoods must name"),

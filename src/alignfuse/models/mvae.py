@@ -401,6 +401,8 @@ class MVAE(nn.Module):
         the log). The model's density: the training weights ``lambda_m`` do not enter."""
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
+        if chunk < 1:
+            raise ValueError(f"chunk (draws per step) must be >= 1, got {chunk}")
         x = self._check(batch)
         comps = self._components(x)
         parts = []
