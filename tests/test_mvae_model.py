@@ -431,3 +431,9 @@ def test_bad_input_is_named():
             MVAE({"image": 4, "label": 3}, **{"likelihoods": lik, **kwargs})
     with pytest.raises(ValueError, match="anneal_epochs"):
         train_mvae(model, ok, epochs=1, anneal_epochs=-1)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        train_mvae(model, ok, epochs=1, batch_size=0)
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        train_mvae(model, ok, epochs=0)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        model.sample("image", n=0)

@@ -57,6 +57,8 @@ def test_ipot_bad_input():
         ipot(None, None, cost, beta=0.0)
     with pytest.raises(ValueError, match="max_iter"):
         ipot(None, None, cost, max_iter=0)
+    with pytest.raises(ValueError, match="inner must be a positive integer"):
+        ipot(None, None, cost, inner=0)
     with pytest.raises(ValueError, match="NaN"):
         ipot(None, None, torch.full((3, 4), float("nan")))
     with pytest.raises(ValueError, match="underflow"):
