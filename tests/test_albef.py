@@ -3,6 +3,7 @@ that ignores padding and other rows, an objective that is the sum of its parts, 
 negatives that are never positives, and the two-stage re-ranking equal to a loop."""
 
 import numpy as np
+import ot
 import pytest
 import torch
 import torch.nn.functional as F
@@ -413,3 +414,57 @@ def test_trainer_resumes_albef_with_its_teacher_and_queue_exactly(tmp_path, tiny
     assert_resumes_exactly(full, lambda: _trainer(tmp_path, tiny_overrides, extra, name="part"))
     with pytest.raises(ValueError, match="logit_scale"):
         _trainer(tmp_path, tiny_overrides, [*extra, "loss.name=triplet"], name="t").fit()
+
+
+def test_wra_is_exact_ot_between_the_fused_words_and_regions_of_the_itm_pairs():
+    _, model = _tiny_model(fusion="merged", mlm_weight=0.0, wra_weight=0.5)
+    model.train()
+    texts = ["a red circle above a blue square", "two green stars", "one cross", "one cross"]
+    batch = {"images": torch.rand(4, 3, 64, 64), "text": model.prepare_text(texts)}
+    loss = InfoNCELoss()
+    torch.manual_seed(5)
+    out = model.training_loss(batch, loss)
+    assert set(out.logs) >= {"itc", "itm", "wra"}
+    # by hand, with the same draws: the ITM pairs' fused states, exact OT by POT's emd2
+    torch.manual_seed(5)
+    img, regions = model.image_features(batch["images"])
+    txt, words, wmask = model.text_features(batch["text"])
+    itc = loss(img, txt).loss
+    positives = torch.eye(4, dtype=torch.bool)
+    positives[2, 3] = positives[3, 2] = True
+    sims = (img @ txt.T).detach() / 0.07
+    pairs = []
+
+    def head(r, i):
+        states = model.fuse(r, words[i], wmask[i], all_states=True)
+        pairs.append((states, wmask[i]))
+        return model.itm_head(states[:, 0])
+
+    itm, _, targets = matching(head, regions, torch.arange(4), sims, positive_mask=positives)
+    states, masks = pairs[0]
+    length = words.shape[1]
+    dist = []
+    for s, m in zip(states.detach().double(), masks, strict=True):
+        w, r = s[1 : 1 + length][m], s[1 + length :]
+        cost = 1 - F.normalize(w, dim=-1) @ F.normalize(r, dim=-1).T
+        uniform = [torch.full((len(v),), 1 / len(v), dtype=torch.float64) for v in (w, r)]
+        dist.append(float(ot.emd2(*[u.numpy() for u in uniform], cost.numpy())))
+    dist = torch.tensor(dist)
+    sign = torch.where(targets == 1, 1.0, -1.0).double()
+    wra = float((sign * dist).sum() / len(dist))
+    assert targets.sum() == 4 and len(targets) == 12  # every positive, two negatives each
+    assert out.logs["wra"] == pytest.approx(wra, abs=1e-3)  # IPOT (50 steps) against exact OT
+    total = float((itc + itm).detach()) + 0.5 * out.logs["wra"]
+    assert float(out.loss.detach()) == pytest.approx(total, abs=1e-5)
+    # the loss reaches the fusion through the transport cost (the plan is constant)
+    _, wra_only = _tiny_model(fusion="merged", mlm_weight=0.0, itm_weight=0.0, wra_weight=1.0)
+    wra_only.train()
+    part = wra_only.training_loss(batch, loss)
+    part.loss.backward()
+    grad = wra_only.layers[0].att.in_proj_weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    for bad, msg in (({"wra_weight": 0.5}, "needs fusion='merged'"), ({"wra_weight": -1.0}, "wra")):
+        with pytest.raises(ValueError, match=msg):
+            _tiny_model(**bad)
+    with pytest.raises(ValueError, match="all_states needs fusion='merged'"):
+        _tiny_model()[1].fuse(regions, words, wmask, all_states=True)

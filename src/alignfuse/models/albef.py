@@ -17,6 +17,14 @@ Three parts, trained together:
    from the fused states of the caption with the image (15% of the words; 80% of those
    replaced by the mask token, 10% by a random word, 10% kept).
 
+With ``fusion="merged"`` and ``wra_weight > 0``, UNITER's **word-region alignment** (Chen et
+al. 2020) joins them: on the same ITM pairs, the exact optimal-transport distance (IPOT,
+:func:`~alignfuse.transport.word_region_distance`) between the fused word states and the
+fused region states, under the cosine cost and uniform weights over the real tokens, is
+lowered for matches and raised for negatives (UNITER's signed mean; its code computes it on
+the ITM forward pass, as here). ITC + ITM + MLM + WRA over a single stream is UNITER's
+pre-training recipe with ALBEF's contrastive stage in front.
+
 Retrieval follows the paper's protocol: the contrastive similarity ranks everything, then
 the top ``rerank_k`` of every query are re-scored by ``ITM logit + similarity``
 (:func:`alignfuse.engine.evaluate.rerank`). Hard negatives and Winoground use that same
@@ -56,6 +64,7 @@ from alignfuse.losses.matching import matching
 from alignfuse.models.dual_encoder import DualEncoder, build_towers
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import MODELS, check_arguments
+from alignfuse.transport.ipot import word_region_alignment_loss, word_region_distance
 
 MASK_ID = 1  # ``<unk>``: absent from training captions, so it marks the masked words
 
@@ -110,19 +119,19 @@ def itm_scale(itc_loss: nn.Module, itm_temperature: float | None) -> float:
 
 def hard_negative_itm(
     head: Any, sims: torch.Tensor, ids: torch.Tensor, image_ids: torch.Tensor | None
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, float, torch.Tensor]:
     """ITM on every positive pair of a batch and one negative per image and per caption,
     drawn by ``softmax(sims)`` (:func:`~alignfuse.losses.matching.matching`), never the
     pair's own image (equal ``image_ids``) or an identical caption (equal ``ids`` rows);
-    ``head(image_rows, text_rows)`` gives ``(M, 2)`` logits. Returns the loss and the
-    head's accuracy."""
+    ``head(image_rows, text_rows)`` gives ``(M, 2)`` logits. Returns the loss, the head's
+    accuracy and the targets of the pairs ``(M,)`` (1 = a match), in the head's row order."""
     positives = (ids[:, None, :] == ids[None, :, :]).all(-1)  # identical captions
     if image_ids is not None:
         image_ids = image_ids.to(ids.device)
         positives |= image_ids[:, None] == image_ids[None, :]
     rows = torch.arange(len(ids), device=ids.device)
     itm, logits, targets = matching(head, rows, rows, sims, positive_mask=positives)
-    return itm, float((logits.argmax(1) == targets).float().mean())
+    return itm, float((logits.argmax(1) == targets).float().mean()), targets
 
 
 class FusionLayer(nn.Module):
@@ -220,6 +229,11 @@ class ALBEF(DualEncoder):
             :class:`FusionLayer`) or ``"merged"`` (one self-attention over words and regions
             together, with a learned modality-type embedding each, :class:`MergedLayer`; the
             single-stream encoder of ViLT / UNITER, compared with co-attention by METER).
+        wra_weight: weight of UNITER's word-region alignment (WRA) loss, 0 = off; needs
+            ``fusion="merged"``. On every ITM pair, the exact OT distance (IPOT) between the
+            fused word states and the fused region states under the cosine cost;
+            matches are pulled together, negatives pushed apart
+            (:func:`~alignfuse.transport.word_region_alignment_loss`).
 
     Example:
         >>> tok = Tokenizer.build(["a red circle", "a blue square"])
@@ -256,11 +270,19 @@ class ALBEF(DualEncoder):
         distill_alpha: float = 0.4,
         itm_temperature: float | None = None,
         fusion: str = "cross",
+        wra_weight: float = 0.0,
     ) -> None:
         super().__init__(image_encoder, text_encoder, embed_dim)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.fusion = fusion
+        if not wra_weight >= 0 or (wra_weight and fusion != "merged"):
+            raise ValueError(
+                f"wra_weight must be >= 0 and needs fusion='merged' (WRA aligns the fused word "
+                f"and region states; the cross-attention encoder does not update the regions), "
+                f"got wra_weight={wra_weight}, fusion={fusion!r}"
+            )
+        self.wra_weight = float(wra_weight)
         if not callable(getattr(image_encoder, "encode", None)):
             raise ValueError(
                 f"ALBEF needs an image encoder with region tokens (encode()); "
@@ -380,10 +402,14 @@ class ALBEF(DualEncoder):
         words: torch.Tensor,
         word_mask: torch.Tensor,
         region_index: torch.Tensor | None = None,
+        all_states: bool = False,
     ) -> torch.Tensor:
         """The multimodal encoder's ``[CLS]`` and word states ``(B, 1 + L, width)``, ``[CLS]``
         first. Row ``i`` of ``words`` is fused with ``regions[i]``, or with
-        ``regions[region_index[i]]`` when given."""
+        ``regions[region_index[i]]`` when given. ``all_states`` (merged fusion only): the
+        region states too, ``(B, 1 + L + R, width)``."""
+        if all_states and self.type_emb is None:
+            raise ValueError("all_states needs fusion='merged' (cross attention keeps the regions)")
         rows = words.shape[0] if region_index is None else region_index.shape[0]
         if (
             word_mask.shape != words.shape[:2]
@@ -410,7 +436,7 @@ class ALBEF(DualEncoder):
             x_mask = F.pad(x_mask, (0, regions.shape[1]), value=True)
             for layer in self.layers:
                 x = layer(x, x_mask)
-            return x[:, : 1 + words.shape[1]]
+            return x if all_states else x[:, : 1 + words.shape[1]]
         x = torch.cat([cls, words], 1)
         for layer in self.layers:
             x = layer(x, x_mask, regions, region_index)
@@ -440,8 +466,9 @@ class ALBEF(DualEncoder):
     # ------------------------------------------------------------------ training
 
     def training_loss(self, batch: Mapping[str, Any], itc_loss: nn.Module) -> LossOutput:
-        """ITC (``itc_loss`` on the two embeddings) + ITM with hard negatives + MLM on a
-        batch ``{"images", "text"[, "image_ids"]}``; ``logs`` has each part."""
+        """ITC (``itc_loss`` on the two embeddings) + ITM with hard negatives (+ WRA on the
+        same pairs) + MLM on a batch ``{"images", "text"[, "image_ids"]}``; ``logs`` has each
+        part."""
         text = batch["text"]
         img, regions = self.image_features(batch["images"])
         txt, words, wmask = self.text_features(text)
@@ -456,17 +483,37 @@ class ALBEF(DualEncoder):
             itc = itc_loss(img, txt)
         total = itc.loss
         logs = {"itc": float(itc.loss.detach())}
-        if self.itm_weight > 0:
+        if self.itm_weight > 0 or self.wra_weight > 0:
             sims = (img @ txt.T).detach() * itm_scale(itc_loss, self.itm_temperature)
+
+            distances: list[torch.Tensor] = []
 
             def head(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
                 # the pairs are indices: each image's keys and values are projected once;
                 # index_select: a fixed-order backward over repeated rows (see matching)
-                return self.match_logits(regions, words.index_select(0, text), wmask[text], image)
+                if not self.wra_weight:
+                    return self.match_logits(
+                        regions, words.index_select(0, text), wmask[text], image
+                    )
+                length = words.shape[1]
+                states = self.fuse(
+                    regions, words.index_select(0, text), wmask[text], image, all_states=True
+                )
+                distances.append(
+                    word_region_distance(
+                        states[:, 1 : 1 + length], states[:, 1 + length :], wmask[text]
+                    )
+                )
+                out: torch.Tensor = self.itm_head(states[:, 0])
+                return out
 
-            itm, acc = hard_negative_itm(head, sims, text["ids"], batch.get("image_ids"))
+            itm, acc, targets = hard_negative_itm(head, sims, text["ids"], batch.get("image_ids"))
             total = total + self.itm_weight * itm
             logs["itm"], logs["itm_acc"] = float(itm.detach()), acc
+            if distances:
+                wra = word_region_alignment_loss(distances[0], targets == 1)
+                total = total + self.wra_weight * wra
+                logs["wra"] = float(wra.detach())
         if self.mlm_head is not None:
             ids, lengths = text["ids"], text["lengths"]
             masked, chosen = mask_words(ids, lengths, self.vocab_size, self.mlm_probability)
@@ -555,7 +602,8 @@ def build_albef(
     """ALBEF (Li et al. 2021) from registered encoders; ``fusion_args`` are the keyword
     arguments of :class:`ALBEF` after ``embed_dim`` (``width``, ``depth``, ``heads``,
     ``mlm_probability``, ``itm_weight``, ``mlm_weight``, ``rerank_k``, ``max_regions``,
-    ``momentum``, ``queue_size``, ``distill_alpha``, ``itm_temperature``, ``fusion``)."""
+    ``momentum``, ``queue_size``, ``distill_alpha``, ``itm_temperature``, ``fusion``,
+    ``wra_weight``)."""
     params = list(inspect.signature(ALBEF.__init__).parameters)
     check_arguments("model", "albef", fusion_args, params[params.index("embed_dim") + 1 :])
     if text_encoder == "minilm":

@@ -375,7 +375,7 @@ class QFormer(nn.Module):
                     image, tokens.index_select(0, rows_t), mask[rows_t], rows_i
                 )
 
-            itm, acc = hard_negative_itm(head, scaled, text["ids"], batch.get("image_ids"))
+            itm, acc, _ = hard_negative_itm(head, scaled, text["ids"], batch.get("image_ids"))
             total = total + self.itm_weight * itm
             logs["itm"], logs["itm_acc"] = float(itm.detach()), acc
         if self.itg_weight > 0:
