@@ -468,3 +468,48 @@ def test_wra_is_exact_ot_between_the_fused_words_and_regions_of_the_itm_pairs():
             _tiny_model(**bad)
     with pytest.raises(ValueError, match="all_states needs fusion='merged'"):
         _tiny_model()[1].fuse(regions, words, wmask, all_states=True)
+
+
+def test_mrfr_regresses_the_tower_features_of_masked_regions_from_the_rest():
+    _, model = _tiny_model(fusion="merged", mlm_weight=0.0, itm_weight=0.0, mrm_weight=2.0)
+    model.train()
+    texts = ["a red circle above a blue square", "two green stars", "one cross"]
+    batch = {"images": torch.rand(3, 3, 64, 64), "text": model.prepare_text(texts)}
+    loss = InfoNCELoss()
+    torch.manual_seed(7)
+    out = model.training_loss(batch, loss)
+    # by hand with the same draws: the masked positions, their predictions, the MSE
+    torch.manual_seed(7)
+    _, tok = model.image_encoder.encode(batch["images"])
+    txt, words, wmask = model.text_features(batch["text"])
+    itc = loss(model.encode_image(batch["images"]), txt).loss
+    u = torch.rand(tok.shape[:2])
+    chosen = u < 0.15
+    none = ~chosen.any(1)
+    chosen[none, u.argmin(1)[none]] = True
+    pred = model.predict_regions(tok, words, wmask, chosen)
+    mrm = F.mse_loss(pred, tok[chosen])
+    assert pred.shape == (int(chosen.sum()), tok.shape[-1])
+    assert out.logs["mrm"] == pytest.approx(float(mrm.detach()), abs=1e-6)
+    total = float((itc + 2.0 * mrm).detach())
+    assert float(out.loss.detach()) == pytest.approx(total, abs=1e-5)
+    # a masked region's own features never reach its prediction; the others' do
+    model.eval()
+    with torch.no_grad():
+        base = model.predict_regions(tok, words, wmask, chosen)
+        hidden = tok.clone()
+        hidden[chosen] = torch.randn(int(chosen.sum()), tok.shape[-1])
+        assert torch.allclose(model.predict_regions(hidden, words, wmask, chosen), base, atol=1e-6)
+        seen = tok.clone()
+        seen[~chosen] += 1.0
+        assert not torch.allclose(model.predict_regions(seen, words, wmask, chosen), base)
+    for bad, msg in (
+        ({"mrm_weight": 1.0}, "needs fusion='merged'"),
+        ({"mrm_probability": 0.0}, "mrm_probability"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            _tiny_model(**bad)
+    with pytest.raises(ValueError, match="mrm_weight > 0"):
+        _tiny_model(fusion="merged")[1].predict_regions(tok, words, wmask, chosen)
+    with pytest.raises(ValueError, match="bool mask"):
+        model.predict_regions(tok, words, wmask, chosen[:, :3])

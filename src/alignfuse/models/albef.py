@@ -22,8 +22,14 @@ al. 2020) joins them: on the same ITM pairs, the exact optimal-transport distanc
 :func:`~alignfuse.transport.word_region_distance`) between the fused word states and the
 fused region states, under the cosine cost and uniform weights over the real tokens, is
 lowered for matches and raised for negatives (UNITER's signed mean; its code computes it on
-the ITM forward pass, as here). ITC + ITM + MLM + WRA over a single stream is UNITER's
-pre-training recipe with ALBEF's contrastive stage in front.
+the ITM forward pass, as here). With ``mrm_weight > 0``, UNITER's **masked region feature
+regression** (MRFR) too: 15% of each image's region tokens have their features zeroed and
+the fused states there, given the whole caption (UNITER's conditional masking: one modality
+masked at a time), regress the image tower's features at those positions. ITC + ITM + MLM +
+WRA + MRFR over a single stream is UNITER's pre-training recipe (its MRC variants need a
+detector's class distributions, which this setting has none of) with ALBEF's contrastive
+stage in front. The regression targets here are the tower's own (trained) tokens, where
+UNITER's are a frozen detector's features.
 
 Retrieval follows the paper's protocol: the contrastive similarity ranks everything, then
 the top ``rerank_k`` of every query are re-scored by ``ITM logit + similarity``
@@ -93,18 +99,26 @@ def mask_words(
         )
     valid = torch.arange(length, device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
     dev = ids.device
-    u = torch.rand(b, length, generator=generator, device=dev)
-    chosen = (u < probability) & valid
-    # a caption with none chosen gets its word of smallest draw (the draws are uniform)
-    none = ~chosen.any(1)
-    first = u.masked_fill(~valid, 2.0).argmin(1)
-    chosen[none, first[none]] = True
+    chosen = choose_positions(valid, probability, generator)
     how = torch.rand(b, length, generator=generator, device=dev)
     random_ids = torch.randint(2, vocab_size, (b, length), generator=generator, device=dev)
     out = ids.clone()
     out = torch.where(chosen & (how < 0.8), torch.full_like(ids, MASK_ID), out)
     out = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, out)
     return out, chosen
+
+
+def choose_positions(
+    valid: torch.Tensor, probability: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Each ``True`` position of ``valid`` ``(B, L)`` chosen with ``probability``, and at
+    least one per row (its valid position of smallest draw; the draws are uniform)."""
+    u = torch.rand(valid.shape, generator=generator, device=valid.device)
+    chosen = (u < probability) & valid
+    none = ~chosen.any(1)
+    first = u.masked_fill(~valid, 2.0).argmin(1)
+    chosen[none, first[none]] = True
+    return chosen
 
 
 def itm_scale(itc_loss: nn.Module, itm_temperature: float | None) -> float:
@@ -234,6 +248,12 @@ class ALBEF(DualEncoder):
             fused word states and the fused region states under the cosine cost;
             matches are pulled together, negatives pushed apart
             (:func:`~alignfuse.transport.word_region_alignment_loss`).
+        mrm_weight: weight of UNITER's masked region feature regression (MRFR), 0 = off;
+            needs ``fusion="merged"``. ``mrm_probability`` of each image's region tokens (at
+            least one) have their tower features zeroed; the fused states at those
+            positions, given the whole caption, regress the tower's features there (mean
+            squared error; the targets carry no gradient).
+        mrm_probability: fraction of the region tokens masked for MRFR.
 
     Example:
         >>> tok = Tokenizer.build(["a red circle", "a blue square"])
@@ -271,6 +291,8 @@ class ALBEF(DualEncoder):
         itm_temperature: float | None = None,
         fusion: str = "cross",
         wra_weight: float = 0.0,
+        mrm_weight: float = 0.0,
+        mrm_probability: float = 0.15,
     ) -> None:
         super().__init__(image_encoder, text_encoder, embed_dim)
         if fusion not in FUSIONS:
@@ -283,6 +305,14 @@ class ALBEF(DualEncoder):
                 f"got wra_weight={wra_weight}, fusion={fusion!r}"
             )
         self.wra_weight = float(wra_weight)
+        if not mrm_weight >= 0 or (mrm_weight and fusion != "merged"):
+            raise ValueError(
+                f"mrm_weight must be >= 0 and needs fusion='merged' (MRFR predicts from the "
+                f"fused region states), got mrm_weight={mrm_weight}, fusion={fusion!r}"
+            )
+        if not 0.0 < mrm_probability <= 1.0:
+            raise ValueError(f"mrm_probability must be in (0, 1], got {mrm_probability}")
+        self.mrm_weight, self.mrm_probability = float(mrm_weight), mrm_probability
         if not callable(getattr(image_encoder, "encode", None)):
             raise ValueError(
                 f"ALBEF needs an image encoder with region tokens (encode()); "
@@ -347,6 +377,14 @@ class ALBEF(DualEncoder):
             if mlm_weight > 0
             else None
         )
+        out_dim = int(image_encoder.out_dim)  # type: ignore[arg-type]
+        self.mrm_head = (
+            nn.Sequential(
+                nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width), nn.Linear(width, out_dim)
+            )
+            if mrm_weight > 0
+            else None
+        )
         self.momentum, self.queue_size, self.distill_alpha = momentum, queue_size, distill_alpha
         self.momentum_model: ALBEF | None = None
         if momentum:
@@ -368,14 +406,41 @@ class ALBEF(DualEncoder):
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit contrastive embeddings ``(B, embed_dim)`` and fusion region tokens
         ``(B, R, width)`` of images, from one pass of the tower."""
+        img, tok = self._tower(images)
+        return img, self.region_tokens(tok)
+
+    def _tower(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit contrastive embeddings and the tower's own tokens ``(B, R, out_dim)``."""
         glob, tok = self.image_encoder.encode(images)  # type: ignore[operator]
+        return F.normalize(self.image_proj(glob), dim=-1), tok
+
+    def region_tokens(self, tok: torch.Tensor) -> torch.Tensor:
+        """The fusion's region tokens ``(B, R, width)`` from the tower's tokens."""
         r = tok.shape[1]
         if r > self.region_pos.shape[1]:
             raise ValueError(
                 f"the image encoder gives {r} tokens; max_regions is {self.region_pos.shape[1]}"
             )
-        regions = self.region_fuse(tok) + self.region_pos[:, :r]
-        return F.normalize(self.image_proj(glob), dim=-1), regions
+        out: torch.Tensor = self.region_fuse(tok) + self.region_pos[:, :r]
+        return out
+
+    def predict_regions(
+        self, tok: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor, chosen: torch.Tensor
+    ) -> torch.Tensor:
+        """MRFR's predictions ``(n_chosen, out_dim)`` of the tower tokens ``tok`` at the
+        ``chosen`` ``(B, R)`` positions, whose features are zeroed before the fusion (the
+        region's position embedding stays), from the other regions and the words."""
+        if self.mrm_head is None:
+            raise ValueError("predict_regions needs a model built with mrm_weight > 0")
+        if chosen.shape != tok.shape[:2] or chosen.dtype != torch.bool:
+            raise ValueError(
+                f"chosen must be a bool mask of shape {tuple(tok.shape[:2])}, got "
+                f"{tuple(chosen.shape)} {chosen.dtype}"
+            )
+        masked = self.region_tokens(tok.masked_fill(chosen[..., None], 0.0))
+        states = self.fuse(masked, words, word_mask, all_states=True)[:, 1 + words.shape[1] :]
+        out: torch.Tensor = self.mrm_head(states[chosen])
+        return out
 
     def text_features(
         self, prepared: Mapping[str, torch.Tensor]
@@ -470,7 +535,8 @@ class ALBEF(DualEncoder):
         same pairs) + MLM on a batch ``{"images", "text"[, "image_ids"]}``; ``logs`` has each
         part."""
         text = batch["text"]
-        img, regions = self.image_features(batch["images"])
+        img, tok = self._tower(batch["images"])
+        regions = self.region_tokens(tok)
         txt, words, wmask = self.text_features(text)
         teacher = self.momentum_model
         if teacher is not None:
@@ -531,6 +597,13 @@ class ALBEF(DualEncoder):
             total = total + self.mlm_weight * mlm
             logs["mlm"] = float(mlm.detach())
             logs["mlm_acc"] = float((pred.argmax(1) == ids[chosen]).float().mean())
+        if self.mrm_head is not None:
+            valid = torch.ones(tok.shape[:2], dtype=torch.bool, device=tok.device)
+            masked_regions = choose_positions(valid, self.mrm_probability)
+            pred = self.predict_regions(tok, words, wmask, masked_regions)
+            mrm = F.mse_loss(pred, tok.detach()[masked_regions])
+            total = total + self.mrm_weight * mrm
+            logs["mrm"] = float(mrm.detach())
         return LossOutput(total, {**itc.logs, **logs})
 
     # ------------------------------------------------------------------ momentum distillation
@@ -603,7 +676,7 @@ def build_albef(
     arguments of :class:`ALBEF` after ``embed_dim`` (``width``, ``depth``, ``heads``,
     ``mlm_probability``, ``itm_weight``, ``mlm_weight``, ``rerank_k``, ``max_regions``,
     ``momentum``, ``queue_size``, ``distill_alpha``, ``itm_temperature``, ``fusion``,
-    ``wra_weight``)."""
+    ``wra_weight``, ``mrm_weight``, ``mrm_probability``)."""
     params = list(inspect.signature(ALBEF.__init__).parameters)
     check_arguments("model", "albef", fusion_args, params[params.index("embed_dim") + 1 :])
     if text_encoder == "minilm":
