@@ -532,8 +532,8 @@ class ALBEF(DualEncoder):
 
     def training_loss(self, batch: Mapping[str, Any], itc_loss: nn.Module) -> LossOutput:
         """ITC (``itc_loss`` on the two embeddings) + ITM with hard negatives (+ WRA on the
-        same pairs) + MLM on a batch ``{"images", "text"[, "image_ids"]}``; ``logs`` has each
-        part."""
+        same pairs) + MLM (+ MRFR) on a batch ``{"images", "text"[, "image_ids"]}``; ``logs``
+        has each part."""
         text = batch["text"]
         img, tok = self._tower(batch["images"])
         regions = self.region_tokens(tok)
