@@ -47,6 +47,16 @@ def _tiny_model(**kw):
     return tok, model.eval()
 
 
+def _seeded_loss(model, texts, seed):
+    """A batch of random images with ``texts``, and the model's training loss on it drawn
+    after ``torch.manual_seed(seed)`` (so a test can redo the draws by hand)."""
+    model.train()
+    batch = {"images": torch.rand(len(texts), 3, 64, 64), "text": model.prepare_text(texts)}
+    loss = InfoNCELoss()
+    torch.manual_seed(seed)
+    return batch, loss, model.training_loss(batch, loss)
+
+
 def test_mask_words_follows_bert_masking():
     g = torch.Generator().manual_seed(0)
     b, length, vocab = 4000, 12, 50
@@ -179,12 +189,8 @@ def test_merged_fusion_reads_the_regions_and_keeps_the_word_positions():
 @pytest.mark.parametrize("fusion", ["cross", "merged"])
 def test_objective_is_itc_plus_itm_plus_mlm(fusion):
     tok, model = _tiny_model(fusion=fusion)
-    model.train()
     texts = ["a red circle above a blue square", "two green stars", "one cross", "two green stars"]
-    batch = {"images": torch.rand(4, 3, 64, 64), "text": model.prepare_text(texts)}
-    loss = InfoNCELoss()
-    torch.manual_seed(3)
-    out = model.training_loss(batch, loss)
+    batch, loss, out = _seeded_loss(model, texts, 3)
     # the same parts, assembled by hand from the public pieces with the same draws
     torch.manual_seed(3)
     img, regions = model.image_features(batch["images"])
@@ -418,12 +424,8 @@ def test_trainer_resumes_albef_with_its_teacher_and_queue_exactly(tmp_path, tiny
 
 def test_wra_is_exact_ot_between_the_fused_words_and_regions_of_the_itm_pairs():
     _, model = _tiny_model(fusion="merged", mlm_weight=0.0, wra_weight=0.5)
-    model.train()
     texts = ["a red circle above a blue square", "two green stars", "one cross", "one cross"]
-    batch = {"images": torch.rand(4, 3, 64, 64), "text": model.prepare_text(texts)}
-    loss = InfoNCELoss()
-    torch.manual_seed(5)
-    out = model.training_loss(batch, loss)
+    batch, loss, out = _seeded_loss(model, texts, 5)
     assert set(out.logs) >= {"itc", "itm", "wra"}
     # by hand, with the same draws: the ITM pairs' fused states, exact OT by POT's emd2
     torch.manual_seed(5)
@@ -472,12 +474,8 @@ def test_wra_is_exact_ot_between_the_fused_words_and_regions_of_the_itm_pairs():
 
 def test_mrfr_regresses_the_tower_features_of_masked_regions_from_the_rest():
     _, model = _tiny_model(fusion="merged", mlm_weight=0.0, itm_weight=0.0, mrm_weight=2.0)
-    model.train()
     texts = ["a red circle above a blue square", "two green stars", "one cross"]
-    batch = {"images": torch.rand(3, 3, 64, 64), "text": model.prepare_text(texts)}
-    loss = InfoNCELoss()
-    torch.manual_seed(7)
-    out = model.training_loss(batch, loss)
+    batch, loss, out = _seeded_loss(model, texts, 7)
     # by hand with the same draws: the masked positions, their predictions, the MSE
     torch.manual_seed(7)
     _, tok = model.image_encoder.encode(batch["images"])
