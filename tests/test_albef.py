@@ -501,6 +501,12 @@ def test_mrfr_regresses_the_tower_features_of_masked_regions_from_the_rest():
         seen = tok.clone()
         seen[~chosen] += 1.0
         assert not torch.allclose(model.predict_regions(seen, words, wmask, chosen), base)
+    # every part at once (UNITER's objectives plus ITC): the loss is their weighted sum
+    _, full = _tiny_model(fusion="merged", wra_weight=0.1, mrm_weight=1.0)
+    _, _, out = _seeded_loss(full, texts, 1)
+    logs = out.logs
+    parts = logs["itc"] + logs["itm"] + logs["mlm"] + 0.1 * logs["wra"] + logs["mrm"]
+    assert float(out.loss.detach()) == pytest.approx(parts, abs=1e-5)
     for bad, msg in (
         ({"mrm_weight": 1.0}, "needs fusion='merged'"),
         ({"mrm_probability": 0.0}, "mrm_probability"),

@@ -535,8 +535,8 @@ class ALBEF(DualEncoder):
         same pairs) + MLM (+ MRFR) on a batch ``{"images", "text"[, "image_ids"]}``; ``logs``
         has each part."""
         text = batch["text"]
-        img, tok = self._tower(batch["images"])
-        regions = self.region_tokens(tok)
+        img, image_tok = self._tower(batch["images"])
+        regions = self.region_tokens(image_tok)
         txt, words, wmask = self.text_features(text)
         teacher = self.momentum_model
         if teacher is not None:
@@ -598,10 +598,10 @@ class ALBEF(DualEncoder):
             logs["mlm"] = float(mlm.detach())
             logs["mlm_acc"] = float((pred.argmax(1) == ids[chosen]).float().mean())
         if self.mrm_head is not None:
-            valid = torch.ones(tok.shape[:2], dtype=torch.bool, device=tok.device)
+            valid = torch.ones(image_tok.shape[:2], dtype=torch.bool, device=image_tok.device)
             masked_regions = choose_positions(valid, self.mrm_probability)
-            pred = self.predict_regions(tok, words, wmask, masked_regions)
-            mrm = F.mse_loss(pred, tok.detach()[masked_regions])
+            pred = self.predict_regions(image_tok, words, wmask, masked_regions)
+            mrm = F.mse_loss(pred, image_tok.detach()[masked_regions])
             total = total + self.mrm_weight * mrm
             logs["mrm"] = float(mrm.detach())
         return LossOutput(total, {**itc.logs, **logs})
