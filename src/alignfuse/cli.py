@@ -10,6 +10,7 @@ alignfuse list [FAMILY]
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from collections.abc import Sequence
@@ -104,6 +105,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     finally:
         if dist.is_initialized():
+            if dist.get_backend() == "gloo":
+                # every rank leaves together: a gloo rank that tore its group down while rank 0
+                # was still evaluating aborted once in CI ("terminate called without an active
+                # exception"); rank 0's evaluation can take long, hence the long timeout
+                dist.monitored_barrier(timeout=datetime.timedelta(days=1))
             dist.destroy_process_group()
 
 
