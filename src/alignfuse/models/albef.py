@@ -358,7 +358,8 @@ class ALBEF(DualEncoder):
             itm_weight,
             mlm_weight,
         )
-        self.region_fuse = nn.Linear(int(image_encoder.out_dim), width)  # type: ignore[arg-type]
+        image_dim = int(image_encoder.out_dim)  # type: ignore[arg-type]
+        self.region_fuse = nn.Linear(image_dim, width)
         self.word_fuse = nn.Linear(int(text_encoder.out_dim), width)  # type: ignore[arg-type]
         self.region_pos = nn.Parameter(torch.randn(1, max_regions, width) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
@@ -377,10 +378,9 @@ class ALBEF(DualEncoder):
             if mlm_weight > 0
             else None
         )
-        out_dim = int(image_encoder.out_dim)  # type: ignore[arg-type]
         self.mrm_head = (
             nn.Sequential(
-                nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width), nn.Linear(width, out_dim)
+                nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width), nn.Linear(width, image_dim)
             )
             if mrm_weight > 0
             else None
@@ -557,19 +557,13 @@ class ALBEF(DualEncoder):
             def head(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
                 # the pairs are indices: each image's keys and values are projected once;
                 # index_select: a fixed-order backward over repeated rows (see matching)
-                if not self.wra_weight:
-                    return self.match_logits(
-                        regions, words.index_select(0, text), wmask[text], image
-                    )
-                length = words.shape[1]
+                wra, length = bool(self.wra_weight), words.shape[1]
                 states = self.fuse(
-                    regions, words.index_select(0, text), wmask[text], image, all_states=True
+                    regions, words.index_select(0, text), wmask[text], image, all_states=wra
                 )
-                distances.append(
-                    word_region_distance(
-                        states[:, 1 : 1 + length], states[:, 1 + length :], wmask[text]
-                    )
-                )
+                if wra:  # WRA on the same forward pass, as UNITER's code
+                    fused_words, fused_regions = states[:, 1 : 1 + length], states[:, 1 + length :]
+                    distances.append(word_region_distance(fused_words, fused_regions, wmask[text]))
                 out: torch.Tensor = self.itm_head(states[:, 0])
                 return out
 
