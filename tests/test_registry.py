@@ -14,6 +14,7 @@ def test_every_family_listed_and_documented():
         "models",
         "datasets",
         "metrics",
+        "tasks",
     }
     for reg in FAMILIES.values():
         for entry in reg.entries():

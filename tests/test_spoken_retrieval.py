@@ -87,20 +87,28 @@ def test_audio_encoder_trains_and_checks_its_inputs():
 
 SMALL = """
 name: spoken_small
-kind: spoken
 description: a small speech-text retrieval run
-data: {{n_sentences: 60, renderings: 2}}
-test_sentences: 20
-held_out_voice: {voice}
-train: {{epochs: 15, batch_size: 16, seed: 0, embed_dim: 32}}
+base:
+  task: {{name: speech_text, args: {{test_sentences: 20, held_out_voice: {voice}}}}}
+  data: {{name: spoken, args: {{n_sentences: 60, renderings: 2}}}}
+  model: {{name: speech_text, embed_dim: 32}}
+  train: {{epochs: 15, batch_size: 16, seed: 0, lr: 2.0e-3, schedule: constant,
+           warmup_fraction: 0.0, grad_clip: 0.0, eval_every: 0, checkpoint_every: 0}}
 experiments:
-  - {{name: tiny, text: bigru, text_args: {{word_dim: 16, hidden: 16}}, audio_args: {{width: 32, out_dim: 32}}, loss: info_nce}}
+  - name: tiny
+    model: {{text_encoder: bigru, args: {{text_args: {{word_dim: 16, hidden: 16}}, audio_args: {{width: 32, out_dim: 32}}}}}}
+    loss: {{name: info_nce}}
 """
+
+
+def _run(path, out):
+    from alignfuse.bench import load_suite, run_suite
+
+    return run_suite(load_suite(str(path)), out, progress=False, log=lambda m: None)
 
 
 @pytest.mark.slow
 def test_spoken_suite_learns_speech_to_text_and_resumes(tmp_path, monkeypatch):
-    from alignfuse.bench.spoken import run_spoken_suite
     from alignfuse.data.espeak import espeak_available
 
     if not espeak_available():
@@ -108,7 +116,7 @@ def test_spoken_suite_learns_speech_to_text_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNFUSE_CACHE", str(tmp_path / "cache"))  # synthesised once
     suite = tmp_path / "small.yaml"
     suite.write_text(SMALL.format(voice="en-029"))
-    (row,) = run_spoken_suite(str(suite), tmp_path / "out", log=lambda m: None, progress=False)
+    (row,) = _run(suite, tmp_path / "out")
     m = row["metrics"]
     # 20 test sentences: chance R@1 is 0.05
     assert m["s2t_r1"] > 0.15 and m["t2s_r1"] > 0.15
@@ -124,23 +132,23 @@ def test_spoken_suite_learns_speech_to_text_and_resumes(tmp_path, monkeypatch):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "en-029 (not in training)" in report and "chance speech-to-text R@1: 0.050" in report
     assert json.loads((tmp_path / "out" / "results.jsonl").read_text())["name"] == "tiny"
-    # a second run resumes every epoch from the checkpoints: same weights, same figures
-    (again,) = run_spoken_suite(str(suite), tmp_path / "out", log=lambda m: None, progress=False)
+    assert len(row["history"]["epochs"]) == 15
+    # a second run finds the finished experiment (same config hash) and reuses its results
+    (again,) = _run(suite, tmp_path / "out")
     assert again["metrics"] == m and again["history"] == row["history"]
 
 
 def test_spoken_suite_rejects_bad_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNFUSE_CACHE", str(tmp_path / "cache"))
-    from alignfuse.bench.spoken import run_spoken_suite
     from alignfuse.data.espeak import espeak_available
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(SMALL.format(voice="en-029").replace("test_sentences", "test_sentencez"))
-    with pytest.raises(ConfigError, match="did you mean 'test_sentences'"):
-        run_spoken_suite(str(bad), tmp_path / "o1", log=lambda m: None)
     if not espeak_available():
         pytest.skip("libespeak-ng is not installed")
+    with pytest.raises(ConfigError, match="did you mean 'test_sentences'"):
+        _run(bad, tmp_path / "o1")
     small = SMALL.format(voice="klingon").replace("n_sentences: 60", "n_sentences: 4")
     bad.write_text(small.replace("test_sentences: 20", "test_sentences: 2"))
     with pytest.raises(ConfigError, match="held_out_voice 'klingon'"):
-        run_spoken_suite(str(bad), tmp_path / "o2", log=lambda m: None)
+        _run(bad, tmp_path / "o2")

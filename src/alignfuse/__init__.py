@@ -14,6 +14,7 @@ from alignfuse import (  # noqa: F401
     losses,
     metrics,
     models,
+    tasks,
     temporal,
     transport,
 )
@@ -34,6 +35,7 @@ from alignfuse.registry import (
     list_losses,
     list_metrics,
     list_models,
+    list_tasks,
 )
 
 __version__ = "0.1.0.dev0"
@@ -56,5 +58,6 @@ __all__ = [
     "list_losses",
     "list_metrics",
     "list_models",
+    "list_tasks",
     "load_config",
 ]

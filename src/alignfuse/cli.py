@@ -53,14 +53,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench.correlation import is_correlation_suite, run_correlation_suite
     from alignfuse.bench.fusion import is_fusion_suite, run_fusion_suite
     from alignfuse.bench.mvae import is_mvae_suite, run_mvae_suite
-    from alignfuse.bench.spoken import is_spoken_suite, run_spoken_suite
     from alignfuse.bench.temporal import is_temporal_suite, run_temporal_suite
 
     for is_kind, run in (
         (is_correlation_suite, run_correlation_suite),
         (is_temporal_suite, run_temporal_suite),
         (is_fusion_suite, run_fusion_suite),
-        (is_spoken_suite, run_spoken_suite),
         (is_mvae_suite, run_mvae_suite),
     ):
         if is_kind(args.suite):
@@ -80,7 +78,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from alignfuse.bench.runner import run_experiment
     from alignfuse.config import load_config
     from alignfuse.distributed import init_from_env
-    from alignfuse.engine import Trainer, load_data
+    from alignfuse.engine.fit import Fit
+    from alignfuse.tasks import task_type
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -93,12 +92,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         if rank > 0:
             dist.barrier()
-        data = load_data(cfg)
+        kind = task_type(cfg)
+        data = kind.load_data(cfg)
         if rank == 0 and dist.is_initialized():
             dist.barrier()
         progress = None if not args.no_progress else False
         if rank > 0:  # trains its slices; rank 0 evaluates and reports
-            Trainer(cfg, data, out, progress=False).fit(resume=True)
+            Fit(kind(cfg, data, out), out, progress=False).fit(resume=True)
             return 0
         row, _, _ = run_experiment(cfg, data, out, progress=progress)
         print(json.dumps(row["metrics"], indent=1))
@@ -114,27 +114,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from alignfuse.config import load_config
-    from alignfuse.engine import Trainer, evaluate, latest_checkpoint, load_checkpoint, load_data
+    from alignfuse.engine import latest_checkpoint, load_checkpoint
+    from alignfuse.engine.fit import Fit
+    from alignfuse.tasks import create_task
 
     run = Path(args.run_dir)
     if not (run / "config.yaml").is_file():
         raise AlignfuseError(f"{run} is not a run folder (no config.yaml)")
     cfg = load_config(run / "config.yaml")
+    if args.splits:
+        cfg.eval = dataclasses.replace(cfg.eval, splits=list(args.splits))
     ckpt = latest_checkpoint(run / "checkpoints")
     if ckpt is None:
         raise AlignfuseError(f"{run} holds no checkpoint")
-    data = load_data(cfg)
-    trainer = Trainer(cfg, data, run, progress=False)
+    fit = Fit(create_task(cfg, run_dir=run), run, progress=False)
     tensors, _, _ = load_checkpoint(ckpt)
-    trainer.load_weights(tensors)
-    metrics, _ = evaluate(
-        trainer.model,
-        data,
-        args.splits or cfg.eval.splits,
-        cfg.eval.batch_size,
-        cfg.eval.retrieval_captioning,
-    )
+    fit.load_weights(tensors)
+    metrics, _ = fit.task.evaluate(fit.model)
     (run / "eval.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
     return 0

@@ -34,6 +34,15 @@ from alignfuse.registry import suggest
 
 
 @dataclass
+class TaskConfig:
+    """Which task trains and evaluates the experiment (a registered task, ``alignfuse list
+    tasks``) plus its own arguments: ``image_text`` (the default) or ``speech_text``."""
+
+    name: str = "image_text"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataConfig:
     """Which dataset to train and evaluate on.
 
@@ -67,13 +76,16 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (AdamW with linear warm-up then cosine decay)."""
+    """Optimisation settings: AdamW with linear warm-up then cosine decay (``schedule:
+    cosine``) or a constant learning rate (``constant``); ``grad_clip: 0`` clips nothing,
+    ``eval_every: 0`` never validates, ``checkpoint_every: 0`` checkpoints at epoch ends only."""
 
     epochs: int = 6
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
+    schedule: str = "cosine"
     grad_clip: float = 2.0
     seed: int = 0
     device: str = "auto"
@@ -98,9 +110,10 @@ class EvalConfig:
 
 @dataclass
 class ExperimentConfig:
-    """One experiment: data, model, loss, training and evaluation."""
+    """One experiment: its task, data, model, loss, training and evaluation."""
 
     name: str = "experiment"
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -131,6 +131,7 @@ ENCODERS: Registry[Any] = Registry("encoder")
 MODELS: Registry[Any] = Registry("model")
 DATASETS: Registry[Any] = Registry("dataset")
 METRICS: Registry[Any] = Registry("metric")
+TASKS: Registry[Any] = Registry("task")
 
 FAMILIES: dict[str, Registry[Any]] = {
     "losses": LOSSES,
@@ -140,6 +141,7 @@ FAMILIES: dict[str, Registry[Any]] = {
     "models": MODELS,
     "datasets": DATASETS,
     "metrics": METRICS,
+    "tasks": TASKS,
 }
 
 
@@ -214,3 +216,8 @@ def create_metric(name: str, **kwargs: Any) -> Any:
 def list_metrics() -> list[str]:
     """Names of the registered metrics."""
     return METRICS.names()
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks (what the one training loop can train)."""
+    return TASKS.names()

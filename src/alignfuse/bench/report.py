@@ -14,6 +14,7 @@ import torch
 
 from alignfuse.bench.suite import Suite
 from alignfuse.data.base import ImageTextData
+from alignfuse.models.protocols import CaptionGenerator
 
 COLUMNS: list[tuple[str, str, str]] = [
     ("i2t R@1", "test/i2t_r1", "pct"),
@@ -229,13 +230,6 @@ def _plot_parts(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_leaderboard(rows: list[dict[str, Any]], path: Path) -> str:
-    """Write and return the leaderboard markdown."""
-    text = leaderboard_markdown(rows)
-    path.write_text(text)
-    return text
-
-
 def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
 
@@ -404,10 +398,10 @@ def write_report(
     for name, art in artefacts.items():
         if art is None:
             continue
-        trainer, sims, exp_data = art
-        if getattr(trainer.model, "generative", False) and "test" in exp_data.splits:
+        fit, sims, exp_data = art
+        if isinstance(fit.model, CaptionGenerator) and "test" in exp_data.splits:
             fname = f"captions_{name}.png"
-            _plot_captions(trainer.model, exp_data, name, out / fname)
+            _plot_captions(fit.model, exp_data, name, out / fname)
             parts += [f"## Generated captions: {name}", "", f"![{name}]({fname})", ""]
         if "test" in sims:
             fname = f"retrievals_{name}.png"

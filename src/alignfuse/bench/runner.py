@@ -1,4 +1,5 @@
-"""Run a suite: train and evaluate each experiment, write results, leaderboard and report.
+"""Run a suite: train and evaluate each experiment with its task through the one training
+loop, write results, leaderboard and report.
 
 ``runs/<name>/`` receives ``results.jsonl`` (one row per experiment with the hash of its
 resolved config), ``leaderboard.md``, ``report.md`` with PNG plots, and one folder per
@@ -21,56 +22,57 @@ import torch
 from alignfuse._io import write_text_atomic
 from alignfuse.bench.suite import Suite
 from alignfuse.config import ExperimentConfig, config_hash, to_dict
-from alignfuse.data.base import ImageTextData
-from alignfuse.engine.evaluate import evaluate
-from alignfuse.engine.trainer import Trainer, load_data
-
-EXTRAS: dict[str, Callable[[], bool]] = {}
+from alignfuse.encoders.pretrained import FrozenSentenceEncoder, minilm_available
+from alignfuse.engine.fit import Fit
+from alignfuse.errors import ConfigError
+from alignfuse.tasks import task_type
 
 
 def _extra_available(name: str) -> bool:
-    if name == "minilm":
-        from alignfuse.encoders.pretrained import minilm_available
+    return name == "minilm" and minilm_available()
 
-        return minilm_available()
-    return False
+
+def _frozen_params(model: torch.nn.Module) -> int:
+    """Parameters of frozen towers: a momentum teacher (ALBEF's EMA copy) is not one."""
+    frozen = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if not p.requires_grad and not n.startswith("momentum_model.")
+    )
+    return frozen + sum(
+        int(m.frozen_params) for m in model.modules() if isinstance(m, FrozenSentenceEncoder)
+    )
 
 
 def run_experiment(
     cfg: ExperimentConfig,
-    data: ImageTextData,
+    data: Any,
     run_dir: Path,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
-) -> tuple[dict[str, Any], Trainer, dict[str, torch.Tensor]]:
-    """Train (resuming if possible) and evaluate one experiment; return its results row."""
-    trainer = Trainer(cfg, data, run_dir, progress=progress, log=log)
-    trainer.fit(resume=True)
-    metrics, sims = evaluate(
-        trainer.model, data, cfg.eval.splits, cfg.eval.batch_size, cfg.eval.retrieval_captioning
-    )
-    n_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    n_params += sum(p.numel() for p in trainer.loss_fn.parameters() if p.requires_grad)
-    frozen = sum(  # a momentum teacher (ALBEF's EMA copy) is not a frozen tower
-        p.numel()
-        for n, p in trainer.model.named_parameters()
-        if not p.requires_grad and not n.startswith("momentum_model.")
-    )
-    frozen += sum(int(getattr(m, "frozen_params", 0)) for m in trainer.model.modules())
+) -> tuple[dict[str, Any], Fit, Any]:
+    """Train (resuming if possible) and evaluate one experiment with its task; return its
+    results row, the finished loop and the task's artefacts for the report."""
+    fit = Fit(task_type(cfg)(cfg, data, run_dir), run_dir, progress=progress, log=log)
+    fit.fit(resume=True)
+    metrics, artefacts = fit.task.evaluate(fit.model)
+    n_params = sum(p.numel() for p in fit.model.parameters() if p.requires_grad)
+    n_params += sum(p.numel() for p in fit.loss_fn.parameters() if p.requires_grad)
+    h = fit.history
     row = {
         "name": cfg.name,
         "status": "ok",
         "config_hash": config_hash(cfg),
         "metrics": metrics,
-        "train_seconds": round(trainer.elapsed(), 2),
+        "train_seconds": round(fit.elapsed(), 2),
         "trainable_params": n_params,
-        "frozen_params": frozen,
-        "steps": trainer.step,
-        "history": {"train": trainer.history.train, "val": trainer.history.val},
+        "frozen_params": _frozen_params(fit.model),
+        "steps": fit.step,
+        "history": {"train": h.train, "val": h.val, "epochs": h.epochs},
         "config": to_dict(cfg),
     }
     write_text_atomic(run_dir / "metrics.json", json.dumps(row, indent=1))
-    return row, trainer, sims
+    return row, fit, artefacts
 
 
 def run_suite(
@@ -80,12 +82,14 @@ def run_suite(
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every experiment of ``suite`` into ``out``; return the result rows."""
-    from alignfuse.bench.report import write_leaderboard, write_report
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    tasks = sorted({exp.config.task.name for exp in suite.experiments})
+    if len(tasks) != 1:
+        raise ConfigError(f"suite {suite.name!r} mixes tasks {tasks}: one suite reports one task")
+    kind = task_type(suite.experiments[0].config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    datasets: dict[str, ImageTextData] = {}
+    datasets: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     artefacts: dict[str, Any] = {}
     t_suite = time.perf_counter()
@@ -111,7 +115,7 @@ def run_suite(
         if key not in datasets:
             log(f"{header}: preparing dataset {cfg.data.name} ...")
             t0 = time.perf_counter()
-            datasets[key] = load_data(cfg)
+            datasets[key] = kind.load_data(cfg)
             log(f"{header}: dataset ready in {time.perf_counter() - t0:.1f} s")
         data = datasets[key]
         done = run_dir / "metrics.json"
@@ -123,21 +127,17 @@ def run_suite(
                 artefacts[cfg.name] = None
                 continue
         log(f"{header}: training ...")
-        row, trainer, sims = run_experiment(cfg, data, run_dir, progress, log)
+        row, fit, art = run_experiment(cfg, data, run_dir, progress, log)
         rows.append(row)
-        artefacts[cfg.name] = (trainer, sims, data)
-        m = row["metrics"]
-        log(
-            f"{header}: test rsum {m.get('test/rsum', float('nan')):.1f}, "
-            f"t2i R@10 {m.get('test/t2i_r10', float('nan')):.3f}, "
-            f"train {row['train_seconds']:.0f} s"
-        )
+        artefacts[cfg.name] = (fit, art, data)
+        log(f"{header}: {fit.task.headline(row['metrics'])}, train {row['train_seconds']:.0f} s")
         write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     total = time.perf_counter() - t_suite
-    leaderboard = write_leaderboard(rows, out / "leaderboard.md")
+    leaderboard = kind.leaderboard(rows)
+    write_text_atomic(out / "leaderboard.md", leaderboard)
     first_data = next(iter(datasets.values()), None)
-    write_report(suite, rows, out, first_data, artefacts, total)
+    kind.write_report(suite, rows, out, first_data, artefacts, total)
     print(leaderboard)
     log(f"suite {suite.name} finished in {total:.0f} s; report: {out / 'report.md'}")
     return rows

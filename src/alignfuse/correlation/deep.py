@@ -32,16 +32,7 @@ from alignfuse.correlation._base import (
 from alignfuse.correlation.cca import CCA
 from alignfuse.correlation.loss import cca_loss
 from alignfuse.engine.loop import fit_epochs, optimizer_step
-
-
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with GELU between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.GELU())
-    return nn.Sequential(*layers)
+from alignfuse.layers import mlp
 
 
 class DCCA(Estimator):

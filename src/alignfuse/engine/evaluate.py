@@ -1,9 +1,9 @@
-"""Embedding and scoring a model on a split: retrieval and compositional probes. Dual encoders
-are scored by the dot products of their embeddings; pairwise models (``model.pairwise``, e.g.
-SCAN) by their own score of every image-caption pair; two-stage models (``model.two_stage``,
-e.g. ALBEF) rank by their embeddings and re-score each query's top ``k`` with their fusion
+"""Embedding and scoring a model on a split: retrieval and compositional probes. Models are told
+apart by what they can do (:mod:`alignfuse.models.protocols`). Dual encoders
+are scored by the dot products of their embeddings; pairwise scorers (SCAN) by their own
+score of every image-caption pair; two-stage rankers (ALBEF, the Q-Former) rank by their embeddings and re-score each query's top ``k`` with their fusion
 (:func:`rerank`), and the first stage's metrics are kept with the prefix ``itc_``;
-generative models (``model.generative``, the captioner) by their greedy captions (BLEU,
+caption generators (the prefix LM) by their greedy captions (BLEU,
 ROUGE-L, CIDEr-D) and match a pair by the caption's likelihood."""
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ from alignfuse.metrics import (
     winoground_scores,
 )
 from alignfuse.metrics.diagnostics import embedding_diagnostics
+from alignfuse.models.protocols import (
+    CaptionGenerator,
+    OwnSimilarity,
+    PairwiseScorer,
+    TwoStageRanker,
+)
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -142,9 +148,10 @@ def first_stage(
     of all pairs, or ``(N,)`` of paired rows. The model's own ``similarity`` /
     ``pair_similarity`` when it has them (BLIP-2: the best of each image's queries), else
     dot products."""
-    own = getattr(model, "pair_similarity" if paired else "similarity", None)
-    if callable(own):
-        out: torch.Tensor = own(img, txt)
+    if isinstance(model, OwnSimilarity):
+        out: torch.Tensor = (
+            model.pair_similarity(img, txt) if paired else model.similarity(img, txt)
+        )
         return out
     return (img * txt).sum(1) if paired else img @ txt.T
 
@@ -323,10 +330,10 @@ def evaluate_split(model: Any, split: ImageTextSplit, batch_size: int = 256) -> 
     generative model gets captioning metrics (BLEU, ROUGE-L, CIDEr-D) instead of retrieval."""
     was_training = model.training
     model.eval()
-    pairwise = bool(getattr(model, "pairwise", False))
-    two_stage = bool(getattr(model, "two_stage", False))
+    pairwise = isinstance(model, PairwiseScorer)
+    two_stage = isinstance(model, TwoStageRanker)
     try:
-        if getattr(model, "generative", False):
+        if isinstance(model, CaptionGenerator):
             return _evaluate_generative(model, split, batch_size)
         texts, owner = split.flat_captions()
         own = torch.from_numpy(owner)
@@ -388,17 +395,17 @@ def evaluate_winoground(model: Any, data: ImageTextData, batch_size: int = 256) 
         g = len(wino)
         images = wino.images.reshape(-1, *wino.images.shape[2:])
         captions = [c for pair in wino.captions for c in pair]
-        if getattr(model, "pairwise", False):
+        if isinstance(model, PairwiseScorer):
             full = pair_scores(model, images, captions, batch_size)  # (2g images, 2g captions)
             blocks = full.reshape(g, 2, g, 2).diagonal(dim1=0, dim2=2)  # (2 i, 2 c, g)
             scores = blocks.permute(2, 1, 0)  # (g, caption, image)
-        elif getattr(model, "generative", False):  # caption likelihood of each of the 4 pairs
+        elif isinstance(model, CaptionGenerator):  # caption likelihood of each of the 4 pairs
             im, cap = _winoground_pairs(g)
             lik = caption_likelihoods(
                 model, images[im.numpy()], [captions[c] for c in cap.tolist()], batch_size
             )
             scores = lik.reshape(g, 2, 2)
-        elif getattr(model, "two_stage", False):  # the re-ranking score of each of the 4 pairs
+        elif isinstance(model, TwoStageRanker):  # the re-ranking score of each of the 4 pairs
             img, regions = two_stage_images(model, images, batch_size)
             txt, words, wmask = two_stage_texts(model, captions, batch_size)
             im, cap = _winoground_pairs(g)
@@ -426,8 +433,8 @@ def evaluate(
     and gets the captioning metrics."""
     metrics: dict[str, float] = {}
     sims: dict[str, torch.Tensor] = {}
-    nn_captions = retrieval_captioning and not any(
-        getattr(model, kind, False) for kind in ("pairwise", "two_stage", "generative")
+    nn_captions = retrieval_captioning and not isinstance(
+        model, (PairwiseScorer, TwoStageRanker, CaptionGenerator)
     )
     for name in splits:
         if name not in data.splits:

@@ -4,7 +4,7 @@ encoder, a multimodal encoder with ITM and MLM, retrieval re-ranked by ITM), a
 LLaVA-style captioner (image tokens projected as the prefix of a causal language model),
 BLIP-2's Q-Former (learned queries between the image and the text: ITC, ITM, ITG) and the
 MVAE (a product-of-experts multimodal VAE: inference and generation from any subset of
-modalities)."""
+modalities) and a speech-text dual encoder."""
 
 from alignfuse.models.albef import ALBEF, FusionLayer, MergedLayer, build_albef, mask_words
 from alignfuse.models.dual_encoder import DualEncoder, build_dual_encoder
@@ -12,6 +12,7 @@ from alignfuse.models.mvae import MVAE, train_mvae
 from alignfuse.models.prefix_lm import PrefixLM, build_prefix_lm
 from alignfuse.models.qformer import QFormer, QFormerLayer, build_qformer
 from alignfuse.models.scan import SCANModel, build_scan
+from alignfuse.models.speech_text import SpeechTextModel, build_speech_text
 
 __all__ = [
     "ALBEF",
@@ -23,11 +24,13 @@ __all__ = [
     "QFormer",
     "QFormerLayer",
     "SCANModel",
+    "SpeechTextModel",
     "build_albef",
     "build_dual_encoder",
     "build_prefix_lm",
     "build_qformer",
     "build_scan",
+    "build_speech_text",
     "mask_words",
     "train_mvae",
 ]

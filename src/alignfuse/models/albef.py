@@ -267,7 +267,6 @@ class ALBEF(DualEncoder):
         ['itc', 'itm', 'itm_acc', 'mlm', 'mlm_acc', 'temperature']
     """
 
-    two_stage = True
     image_queue: torch.Tensor
     text_queue: torch.Tensor
     queue_ptr: torch.Tensor

@@ -59,9 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignfuse.correlation.deep import mlp
 from alignfuse.engine.loop import fit_epochs, optimizer_step
 from alignfuse.fusion.mvae import product_of_experts
+from alignfuse.layers import mlp
 
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 SUBSETS = ("paper", "all", "joint")

@@ -79,8 +79,6 @@ class PrefixLM(nn.Module):
         3
     """
 
-    generative = True
-
     def __init__(
         self,
         image_encoder: nn.Module,

@@ -129,8 +129,6 @@ class QFormer(nn.Module):
         ['itc', 'itg', 'itg_acc', 'itm', 'itm_acc', 'temperature']
     """
 
-    two_stage = True
-
     def __init__(
         self,
         image_encoder: nn.Module,

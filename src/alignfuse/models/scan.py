@@ -42,8 +42,6 @@ class SCANModel(nn.Module):
         (2, 2)
     """
 
-    pairwise = True
-
     def __init__(
         self,
         image_encoder: nn.Module,

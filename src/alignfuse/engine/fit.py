@@ -1,0 +1,426 @@
+"""The one training loop: every trainable experiment of alignfuse runs through :class:`Fit`.
+
+A :class:`~alignfuse.tasks.base.Task` says what to build, which batches an epoch visits
+and what one step's loss is; this loop does the rest, the same for every task:
+
+- seeding (``train.seed``) before the model is built;
+- AdamW with linear warm-up then cosine decay (``train.schedule: cosine``) or a constant
+  learning rate (``constant``), gradient clipping (``train.grad_clip``, 0 for none);
+- data parallelism under ``torchrun``: every rank takes its slice of each global batch,
+  the task gathers what its loss couples across the batch, and the gradients are summed
+  over ranks in one flat all-reduce before clipping and the step, so each step equals the
+  single-process step on the same global batch. Rank 0 alone validates, logs, shows
+  progress and writes checkpoints; every rank's RNG state is saved;
+- a NaN guard that stops at the first non-finite loss, naming the last good checkpoint;
+- atomic checkpoints (safetensors + JSON) every ``train.checkpoint_every`` steps and at
+  every epoch's end, and exact resume: a resumed run replays the steps an uninterrupted
+  one would, to bit-identical weights;
+- progress bars on a terminal and one line per epoch, validation every
+  ``train.eval_every`` epochs, and the history (windowed training loss, each epoch's mean
+  loss, validation rows) saved with every checkpoint and as ``history.json``.
+
+Example (the built-in image-text task on tiny data):
+    >>> from alignfuse.config import load_config
+    >>> from alignfuse.engine.fit import Fit
+    >>> from alignfuse.tasks import create_task
+    >>> import tempfile
+    >>> cfg = load_config(None, ["data.args={n_train: 64, n_val: 16, n_test: 16, "
+    ...     "n_winoground: 4, use_cache: false}", "train.epochs=1", "train.batch_size=16",
+    ...     "train.captions_per_image=1", "model.embed_dim=8",
+    ...     "model.args={image_args: {width: 4, out_dim: 8}, text_args: {word_dim: 4, hidden: 4}}"])
+    >>> run = tempfile.mkdtemp()
+    >>> fit = Fit(create_task(cfg, run_dir=run), run, progress=False, log=lambda m: None)
+    >>> history = fit.fit()
+    >>> fit.step, len(history.epochs)
+    (4, 1)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from alignfuse.engine.checkpoint import (
+    flatten_optimizer,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from alignfuse.errors import CheckpointError, ConfigError, TrainingDivergedError
+from alignfuse.tasks.base import Task
+
+SCHEDULES = ("cosine", "constant")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"train.device {name!r} is not a device: {err}") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and numpy's legacy global generator."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class History:
+    """What a run records: the windowed training loss (and the parts a composite objective
+    logs), each epoch's mean training loss, and validation metrics."""
+
+    train: list[dict[str, float]] = field(default_factory=list)
+    val: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[float] = field(default_factory=list)
+
+
+class Fit:
+    """Train the model of ``task`` in ``run_dir`` (the one training loop of alignfuse).
+
+    Args:
+        task: the experiment's task (it holds the resolved config as ``task.cfg``).
+        run_dir: where checkpoints, the config and the history go.
+        progress: show progress bars (default: when stderr is a terminal).
+        log: where to print one line per epoch (default: stderr).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        run_dir: str | Path,
+        progress: bool | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.task = task
+        self.cfg = cfg = task.cfg
+        self.run_dir = Path(run_dir)
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if distributed else 0
+        self.world = dist.get_world_size() if distributed else 1
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = self.progress and self.rank == 0
+        say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = say if self.rank == 0 else (lambda msg: None)
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.train.schedule!r}"
+            )
+        torch.manual_seed(cfg.train.seed)
+        model, loss_fn = task.build()
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn.to(self.device)
+        params = [
+            p for p in [*self.model.parameters(), *self.loss_fn.parameters()] if p.requires_grad
+        ]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        task.setup(self.model, self.loss_fn, self.device, self.world)
+        if self.world > 1:
+            self._broadcast_parameters()
+        if cfg.train.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
+        self.steps_per_epoch = max(1, task.steps_per_epoch())
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        if cfg.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.warmup = int(cfg.train.warmup_fraction * self.total_steps)
+        self.step = 0
+        self.history = History()
+        self.last_logs: dict[str, float] = {}
+        self.train_seconds = 0.0
+        self._epoch_loss = (0.0, 0)  # sum and count of this epoch's losses so far
+        self._segment = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, across resumptions."""
+        return self.train_seconds + time.perf_counter() - self._segment
+
+    # ------------------------------------------------------------------ data parallel
+
+    def _trained(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _broadcast_parameters(self) -> None:
+        """Every rank starts from rank 0's weights (they are seeded alike; this makes sure)."""
+        with torch.no_grad():
+            for t in [*self.model.state_dict().values(), *self.loss_fn.state_dict().values()]:
+                if t.is_floating_point():
+                    dist.broadcast(t, 0)
+
+    def _sum_gradients(self) -> None:
+        """Sum the gradients over ranks in one flat all-reduce. Each rank's backward reaches
+        the towers through its own rows only, so the sum is the full-batch gradient; the
+        loss's own parameters (a temperature) see the whole gathered batch on every rank,
+        so theirs are averaged instead. A parameter no rank's backward reached keeps
+        ``grad = None`` (so the optimiser skips it, as in one process); one reached on some
+        ranks only counts as zero on the others."""
+        params = self._trained()
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        used = [p for p, h in zip(params, has.tolist(), strict=True) if h]
+        if not used:
+            return
+        loss_ids = {id(p) for p in self.loss_fn.parameters()}
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in used]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(used, grads, strict=True):
+            part = flat[offset : offset + g.numel()].view_as(g)
+            offset += g.numel()
+            p.grad = part / self.world if id(p) in loss_ids else part.clone()
+
+    def _rng_states(self) -> list[torch.Tensor]:
+        """Every rank's torch RNG state (rank order); just this one's in a single process."""
+        state = torch.get_rng_state()
+        if self.world == 1:
+            return [state]
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, state)
+        return [torch.as_tensor(x) for x in states]
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, epoch: int, index: int) -> float:
+        """Forward and backward of batch ``index`` of ``epoch``; leaves the full-batch
+        gradients (summed over ranks) in ``.grad`` and returns the loss."""
+        batch = self.task.batch(epoch, index, self.rank, self.world)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.task.step(self.model, self.loss_fn, batch)
+        value = float(out.loss.detach())
+        self.last_logs = dict(out.logs)
+        if not math.isfinite(value):
+            latest = latest_checkpoint(self.run_dir / "checkpoints")
+            raise TrainingDivergedError(
+                f"{self.cfg.name}: loss is {value} at step {self.step} (epoch {epoch + 1}); "
+                "training stopped. Last good checkpoint: "
+                f"{latest if latest is not None else 'none yet'}. Lower train.lr or "
+                "check the data."
+            )
+        if out.loss.requires_grad:  # a step that back-propagated itself returns it detached
+            out.loss.backward()  # type: ignore[no-untyped-call]
+        if self.world > 1:
+            self._sum_gradients()
+        return value
+
+    def set_learning_rate(self) -> None:
+        """The scheduled learning rate of the current step, in every parameter group."""
+        factor = 1.0
+        if self.cfg.train.schedule == "cosine":
+            factor = lr_factor(self.step, self.total_steps, self.warmup)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.cfg.train.lr * factor
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        out.update({f"loss.{k}": v for k, v in self.loss_fn.state_dict().items()})
+        return out
+
+    def save(self) -> Path | None:
+        """Write an atomic checkpoint of everything needed to resume (rank 0 writes; every
+        rank's RNG state goes in). Returns its path (``None`` on other ranks)."""
+        states = self._rng_states()
+        if self.rank != 0:
+            return None
+        opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
+        opt_tensors["rng.torch"] = states[0]
+        for r, st in enumerate(states[1:], start=1):
+            opt_tensors[f"rng.torch.rank{r}"] = st
+        state = {
+            "step": self.step,
+            "optimizer": opt_meta,
+            "history": {
+                "train": self.history.train,
+                "val": self.history.val,
+                "epochs": self.history.epochs,
+            },
+            "epoch_loss": list(self._epoch_loss),
+            "train_seconds": self.elapsed(),
+        }
+        return save_checkpoint(
+            self.run_dir / "checkpoints",
+            f"step-{self.step:08d}",
+            self._state_tensors(),
+            opt_tensors,
+            state,
+        )
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load model and loss weights saved by :meth:`save`."""
+        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        loss = {k[5:]: v for k, v in tensors.items() if k.startswith("loss.")}
+        try:
+            self.model.load_state_dict(model)
+            self.loss_fn.load_state_dict(loss)
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint does not fit the configured model: {err}") from None
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint if there is one; return whether one was loaded."""
+        path = latest_checkpoint(self.run_dir / "checkpoints")
+        if path is None:
+            return False
+        tensors, opt, state = load_checkpoint(path)
+        self.load_weights(tensors)
+        ranks = {k: opt.pop(k) for k in [k for k in opt if k.startswith("rng.torch.rank")]}
+        rng = opt.pop("rng.torch", None)
+        if self.rank > 0:
+            rng = ranks.get(f"rng.torch.rank{self.rank}")
+            if rng is None:
+                raise CheckpointError(
+                    f"{path} was written by fewer than {self.world} processes: it holds no "
+                    f"RNG state for rank {self.rank}; resume with the same number of processes"
+                )
+        self.optimizer.load_state_dict(unflatten_optimizer(opt, state["optimizer"]))
+        if rng is not None:
+            torch.set_rng_state(rng)
+        self.step = int(state["step"])
+        self.history = History(**state["history"])
+        total, count = state.get("epoch_loss", (0.0, 0))
+        self._epoch_loss = (float(total), int(count))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self._segment = time.perf_counter()
+        self.log(f"resumed from {path} at step {self.step}/{self.total_steps}")
+        return True
+
+    # ------------------------------------------------------------------ loop
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        """The task's validation metrics (rank 0 only), recorded in the history."""
+        if self.rank != 0:
+            return {}
+        metrics = self.task.validate(self.model)
+        if not metrics:
+            return {}
+        row = {"epoch": float(epoch), "step": float(self.step), **metrics}
+        self.history.val.append(row)
+        return row
+
+    def _end_epoch(self, epoch: int, losses: list[float]) -> None:
+        """Validation, the epoch's mean loss, a checkpoint and the epoch's log line."""
+        msg = f"{self.cfg.name}: epoch {epoch + 1} step {self.step}/{self.total_steps}"
+        if losses:
+            msg += f" loss {np.mean(losses):.4f}"
+        total, count = self._epoch_loss
+        if count:
+            self.history.epochs.append(total / count)
+        self._epoch_loss = (0.0, 0)
+        done_epoch = epoch + 1
+        every = self.cfg.train.eval_every
+        if every and (done_epoch % every == 0 or self.step == self.total_steps):
+            row = self.validate(done_epoch)
+            if row:
+                msg += self.task.describe(row)
+        self.save()
+        self.log(msg)
+
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> History:
+        """Train to ``total_steps`` (or stop early after ``stop_after`` steps, as a crash would).
+
+        Raises:
+            TrainingDivergedError: the loss became NaN or infinite; the last checkpoint on
+                disk is the last good state.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        if self.rank == 0:
+            self.task.save(self.run_dir)
+        self._segment = time.perf_counter()
+        self.task.start(self.model, self.progress)
+        self.model.train()
+        spe, bs = self.steps_per_epoch, self.cfg.train.batch_size
+        log_every = max(1, min(25, spe // 4))
+        run_steps = 0
+        while self.step < self.total_steps:
+            epoch, first = divmod(self.step, spe)
+            last = min(spe, self.total_steps - epoch * spe)
+            bar = tqdm(
+                total=last,
+                initial=first,
+                desc=f"{self.cfg.name} epoch {epoch + 1}/{math.ceil(self.total_steps / spe)}",
+                disable=not self.progress,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            losses: list[float] = []
+            parts: list[dict[str, float]] = []
+            t0 = time.perf_counter()
+            for index in range(first, last):
+                self.set_learning_rate()
+                value = self.train_step(epoch, index)
+                if self.cfg.train.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self._trained(), self.cfg.train.grad_clip)
+                self.optimizer.step()
+                self.step += 1
+                run_steps += 1
+                losses.append(value)
+                parts.append(self.last_logs)
+                total, count = self._epoch_loss
+                self._epoch_loss = (total + value, count + 1)
+                elapsed = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{value:.3f}", rows_s=f"{len(losses) * bs / max(elapsed, 1e-9):.0f}"
+                )
+                if self.step % log_every == 0:
+                    row = {"step": float(self.step), "loss": float(np.mean(losses[-log_every:]))}
+                    window = parts[-log_every:]  # the parts a composite objective logs
+                    for key in window[-1]:
+                        row[key] = float(np.mean([p.get(key, np.nan) for p in window]))
+                    self.history.train.append(row)
+                boundary = self.step % spe == 0 or self.step == self.total_steps
+                if stop_after is not None and run_steps >= stop_after:
+                    self.save()
+                    bar.close()
+                    return self.history
+                if boundary:
+                    break
+                if (
+                    self.cfg.train.checkpoint_every
+                    and self.step % self.cfg.train.checkpoint_every == 0
+                ):
+                    self.save()
+            bar.close()
+            self._end_epoch(epoch, losses)
+        self.train_seconds = self.elapsed()
+        self._segment = time.perf_counter()
+        if self.rank == 0:
+            (self.run_dir / "history.json").write_text(
+                json.dumps(
+                    {
+                        "train": self.history.train,
+                        "val": self.history.val,
+                        "epochs": self.history.epochs,
+                    }
+                )
+            )
+        return self.history

@@ -1,0 +1,38 @@
+"""Tasks: what differs between kinds of experiment, as plugins of the one training loop.
+
+``alignfuse list tasks`` names them; an experiment picks one in its ``task:`` section
+(default ``image_text``). See :mod:`alignfuse.tasks.base` for the protocol.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alignfuse.config import ExperimentConfig
+from alignfuse.registry import TASKS
+from alignfuse.tasks import image_text, speech_text  # noqa: F401  (registers the tasks)
+from alignfuse.tasks.base import Task, TaskType
+
+
+def task_type(cfg: ExperimentConfig) -> TaskType:
+    """The registered task class that ``cfg.task.name`` names."""
+    factory: Any = TASKS.get(cfg.task.name).factory
+    if not isinstance(factory, TaskType):
+        raise TypeError(
+            f"task {cfg.task.name!r} is registered with a factory that is no task class"
+        )
+    return factory
+
+
+def create_task(cfg: ExperimentConfig, data: Any = None, run_dir: str | Path = ".") -> Task:
+    """Build the task of an experiment: ``data`` as its task's ``load_data(cfg)`` returns it
+    (loaded here when ``None``); ``run_dir`` is where a run keeps its files (a vocabulary
+    saved there is reused)."""
+    kind = task_type(cfg)
+    if data is None:
+        data = kind.load_data(cfg)
+    return kind(cfg, data, Path(run_dir))
+
+
+__all__ = ["Task", "TaskType", "create_task", "task_type"]

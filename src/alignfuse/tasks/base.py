@@ -1,0 +1,116 @@
+"""The task protocol: what the one training loop and the one suite runner ask of a task.
+
+A task owns everything that differs between kinds of experiment (image-text retrieval,
+speech-text retrieval, ...): which model and loss to build from the config, which batches an
+epoch visits (a pure function of ``(seed, epoch)``, so a resumed run replays exactly the
+batches an uninterrupted one would), one step's loss, what validation and the final
+evaluation measure, and its sections of the report. The loop
+(:class:`alignfuse.engine.fit.Fit`) owns the rest: seeding, optimiser and schedule,
+clipping, data parallelism, the NaN guard, checkpoints, exact resume and progress.
+
+A new task is one file under ``alignfuse/tasks/`` holding a class registered in
+:data:`alignfuse.registry.TASKS`, plus one suite YAML whose experiments name it in their
+``task:`` section. See the README's "Adding a task".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from alignfuse.config import ExperimentConfig
+from alignfuse.outputs import LossOutput
+
+
+@runtime_checkable
+class Task(Protocol):
+    """One kind of experiment, built for one resolved config on its data.
+
+    Constructed as ``TaskClass(cfg, data, run_dir)`` after ``TaskClass.load_data(cfg)``;
+    the suite runner shares one loaded dataset between the experiments whose ``data`` and
+    ``task`` sections are equal.
+    """
+
+    name: ClassVar[str]
+    cfg: ExperimentConfig
+
+    def build(self) -> tuple[nn.Module, nn.Module]:
+        """The model and the loss module (the loop seeds torch with ``train.seed`` first)."""
+        ...
+
+    def setup(self, model: nn.Module, loss_fn: nn.Module, device: torch.device, world: int) -> None:
+        """Check that the built model and loss can be trained here (``world`` processes);
+        raise :class:`~alignfuse.errors.ConfigError` naming the setting if not."""
+        ...
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch (at least 1)."""
+        ...
+
+    def start(self, model: nn.Module, progress: bool) -> None:
+        """Once per call of the loop's ``fit``, before its first step (precompute features of
+        frozen towers, ...)."""
+        ...
+
+    def batch(self, epoch: int, index: int, rank: int, world: int) -> dict[str, Any]:
+        """This rank's slice of batch ``index`` of ``epoch``, on the training device."""
+        ...
+
+    def step(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> LossOutput:
+        """One step's loss. The loop back-propagates it, unless the step did so itself and
+        returned a detached loss (GradCache)."""
+        ...
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Validation metrics (empty when the task has no validation split)."""
+        ...
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        """A few validation metrics for the loop's one line per epoch (may be empty)."""
+        ...
+
+    def save(self, run_dir: Path) -> None:
+        """Write what a run folder needs besides checkpoints (the config, a vocabulary)."""
+        ...
+
+    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], Any]:
+        """The final metrics (a flat dict) and the task's artefacts for its report."""
+        ...
+
+    def headline(self, metrics: dict[str, float]) -> str:
+        """The figures the runner prints when an experiment ends."""
+        ...
+
+
+@runtime_checkable
+class TaskType(Protocol):
+    """A task class: how it loads data, builds a task, and reports a suite of its runs."""
+
+    name: ClassVar[str]
+
+    def __call__(self, cfg: ExperimentConfig, data: Any, run_dir: Path) -> Task:
+        """Build the task of one experiment."""
+        ...
+
+    def load_data(self, cfg: ExperimentConfig) -> Any:
+        """Load (or generate) the data the config names."""
+        ...
+
+    def leaderboard(self, rows: list[dict[str, Any]]) -> str:
+        """The suite's leaderboard (markdown) from its result rows."""
+        ...
+
+    def write_report(
+        self,
+        suite: Any,
+        rows: list[dict[str, Any]],
+        out: Path,
+        data: Any,
+        artefacts: dict[str, Any],
+        seconds: float,
+    ) -> None:
+        """Write ``out/report.md`` (and its plots) for a suite of this task's runs."""
+        ...
