@@ -7,7 +7,7 @@ import torch
 
 from alignfuse.bench.clip_clause import localize, scores, train_embedder, train_matcher
 from alignfuse.data.clips import EVENTS, load_clips, make_clip
-from alignfuse.engine.loop import fit_epochs, optimizer_step
+from alignfuse.engine.fit import fit_module
 from alignfuse.errors import DataError, TrainingDivergedError
 from alignfuse.temporal import GraphMatcher, chain_adjacency, dtw_path, sinkhorn_layer, warping_path
 
@@ -153,14 +153,59 @@ def test_training_learns_and_resumes(tmp_path):
     )
 
 
-def test_fit_epochs_stops_on_nan_and_checks_epochs():
-    net = torch.nn.Linear(2, 1)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+def test_fit_module_stops_on_nan_and_checks_epochs():
+    batches = lambda epoch: [0, 1]  # noqa: E731
 
-    def bad(epoch):
-        return optimizer_step(opt, net(torch.full((1, 2), float("nan"))).sum(), "toy", epoch)
+    def bad(net, _):
+        return net(torch.full((1, 2), float("nan"))).sum()
 
-    with pytest.raises(TrainingDivergedError, match="toy: the loss is nan in epoch 1"):
-        fit_epochs(net, opt, 2, bad, progress=False)
+    build = lambda: torch.nn.Linear(2, 1)  # noqa: E731
+    with pytest.raises(TrainingDivergedError, match="toy: loss is nan at step 0 .epoch 1"):
+        fit_module("toy", build, batches, bad, epochs=2, lr=0.1, progress=False)
     with pytest.raises(ValueError, match="epochs"):
-        fit_epochs(net, opt, 0, bad, progress=False)
+        fit_module("toy", build, batches, bad, epochs=0, lr=0.1, progress=False)
+
+
+def test_fit_module_resumes_exactly_and_keeps_the_callers_seed(tmp_path):
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    y = x.sum(1, keepdim=True)
+
+    def batches(epoch):
+        order = torch.randperm(40, generator=torch.Generator().manual_seed(epoch))
+        return [order[s : s + 8] for s in range(0, 40, 8)]
+
+    def loss(net, idx):  # dropout: the loop's seeding decides the masks
+        return ((net(x[idx]) - y[idx]) ** 2).mean()
+
+    def build():
+        return torch.nn.Sequential(
+            torch.nn.Linear(3, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1)
+        )
+
+    run = dict(lr=0.05, seed=3, progress=False)
+    full, hist = fit_module("toy", build, batches, loss, epochs=4, **run)
+    fit_module("toy", build, batches, loss, epochs=2, checkpoint_dir=tmp_path, **run)
+    resumed, hist2 = fit_module(
+        "toy", build, batches, loss, epochs=4, checkpoint_dir=tmp_path, **run
+    )
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert hist2 == hist and len(hist) == 4 and hist[-1] < hist[0]
+    # the loop's step equals a plain AdamW loop on the same batches and seed
+    torch.manual_seed(3)
+    net = build()
+    opt = torch.optim.AdamW(net.parameters(), lr=0.05, weight_decay=0.0)
+    for epoch in range(4):
+        for idx in batches(epoch):
+            opt.zero_grad()
+            loss(net, idx).backward()
+            opt.step()
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, net.state_dict()[k]), k
+    # seed=None: the module the caller built and seeded, trained as it is
+    torch.manual_seed(3)
+    mine = build()
+    trained, _ = fit_module(
+        "toy", lambda: mine, batches, loss, epochs=4, lr=0.05, seed=None, progress=False
+    )
+    assert trained is mine

@@ -37,6 +37,7 @@ from alignfuse.registry import (
     list_models,
     list_tasks,
 )
+from alignfuse.tasks import image_text, speech_text  # noqa: F401  (registers the tasks)
 
 __version__ = "0.1.0.dev0"
 

@@ -76,8 +76,8 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings: AdamW with linear warm-up then cosine decay (``schedule:
-    cosine``) or a constant learning rate (``constant``); ``grad_clip: 0`` clips nothing,
+    """Optimisation settings: AdamW (``optimizer: adamw``, or ``adam``) with linear warm-up
+    then cosine decay (``schedule: cosine``) or a constant learning rate (``constant``); ``grad_clip: 0`` clips nothing,
     ``eval_every: 0`` never validates, ``checkpoint_every: 0`` checkpoints at epoch ends only."""
 
     epochs: int = 6
@@ -86,6 +86,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     schedule: str = "cosine"
+    optimizer: str = "adamw"
     grad_clip: float = 2.0
     seed: int = 0
     device: str = "auto"

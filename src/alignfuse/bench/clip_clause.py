@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.data.clips import Clip, ClipSplit
-from alignfuse.engine.loop import fit_epochs, optimizer_step
+from alignfuse.engine.fit import fit_module
 from alignfuse.temporal import GraphMatcher, chain_adjacency, warping_path
 from alignfuse.transport import sinkhorn
 
@@ -110,40 +110,41 @@ def train_embedder(
     progress: bool | None = None,
 ) -> tuple[Embedder, list[float]]:
     """Train the frame and clause encoders with the engine loop; return them and the loss."""
-    torch.manual_seed(seed)
-    frames, clauses = FrameEncoder(dim), ClauseEncoder(vocab, dim)
-    both = nn.ModuleDict({"frames": frames, "clauses": clauses})
-    opt = torch.optim.AdamW(both.parameters(), lr=lr, weight_decay=1e-4)
     inputs = [frame_input(c) for c in train.clips]
     labels = [torch.from_numpy(c.labels()) for c in train.clips]
     temperature = 0.1
 
-    def run_epoch(epoch: int) -> float:
-        order = torch.randperm(
-            len(inputs), generator=torch.Generator().manual_seed(seed * 7919 + epoch)
-        )
-        losses = []
-        for s in range(0, len(order), clips_per_step):
-            idx = order[s : s + clips_per_step].tolist()
-            emb = frames(torch.cat([inputs[i] for i in idx]))
-            loss, at = emb.new_zeros(()), 0
-            for i in idx:
-                t = len(inputs[i])
-                logits = emb[at : at + t] @ clauses(train.clips[i].clauses).T / temperature
-                loss = loss + F.cross_entropy(logits, labels[i], reduction="sum")
-                at += t
-            losses.append(optimizer_step(opt, loss / at, "clip-clause embedder", epoch))
-        return float(np.mean(losses))
+    def batches(epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        order = torch.randperm(len(inputs), generator=g)
+        return [
+            order[s : s + clips_per_step].tolist() for s in range(0, len(order), clips_per_step)
+        ]
 
-    history = fit_epochs(
-        both,
-        opt,
-        epochs,
-        run_epoch,
+    def loss(both: nn.Module, idx: list[int]) -> torch.Tensor:
+        emb: torch.Tensor = both.get_submodule("frames")(torch.cat([inputs[i] for i in idx]))
+        total, at = emb.new_zeros(()), 0
+        for i in idx:
+            t = len(inputs[i])
+            logits = emb[at : at + t] @ both.get_submodule("clauses")(train.clips[i].clauses).T
+            total = total + F.cross_entropy(logits / temperature, labels[i], reduction="sum")
+            at += t
+        return total / at
+
+    both, history = fit_module(
+        "clip-clause embedder",
+        lambda: nn.ModuleDict({"frames": FrameEncoder(dim), "clauses": ClauseEncoder(vocab, dim)}),
+        batches,
+        loss,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=1e-4,
+        seed=seed,
         checkpoint_dir=checkpoint_dir,
         progress=progress,
-        desc="embedder",
     )
+    frames, clauses = both.get_submodule("frames"), both.get_submodule("clauses")
+    assert isinstance(frames, FrameEncoder) and isinstance(clauses, ClauseEncoder)
     return Embedder(frames, clauses, temperature), history
 
 
@@ -160,35 +161,38 @@ def train_matcher(
     progress: bool | None = None,
 ) -> tuple[GraphMatcher, list[float]]:
     """Train a graph matcher on frozen embeddings: NLL of each frame's true clause."""
-    torch.manual_seed(seed)
     pairs = [(*embed(c), torch.from_numpy(c.labels())) for c in train.clips]
-    matcher = GraphMatcher(pairs[0][0].shape[1], hidden=hidden)
-    opt = torch.optim.AdamW(matcher.parameters(), lr=lr, weight_decay=1e-4)
 
-    def run_epoch(epoch: int) -> float:
-        order = torch.randperm(
-            len(pairs), generator=torch.Generator().manual_seed(seed * 104729 + epoch)
-        )
-        losses = []
-        for s in range(0, len(order), clips_per_step):
-            loss, frames = torch.zeros(()), 0
-            for i in order[s : s + clips_per_step].tolist():
-                f, c, y = pairs[i]
-                logp = matcher(f, c, chain_adjacency(len(f)), chain_adjacency(len(c)))
-                loss = loss + F.nll_loss(logp, y, reduction="sum")
-                frames += len(f)
-            losses.append(optimizer_step(opt, loss / frames, "graph matcher", epoch))
-        return float(np.mean(losses))
+    def batches(epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(seed * 104729 + epoch)
+        order = torch.randperm(len(pairs), generator=g)
+        return [
+            order[s : s + clips_per_step].tolist() for s in range(0, len(order), clips_per_step)
+        ]
 
-    history = fit_epochs(
-        matcher,
-        opt,
-        epochs,
-        run_epoch,
+    def loss(net: nn.Module, idx: list[int]) -> torch.Tensor:
+        total, frames = torch.zeros(()), 0
+        for i in idx:
+            f, c, y = pairs[i]
+            logp = net(f, c, chain_adjacency(len(f)), chain_adjacency(len(c)))
+            total = total + F.nll_loss(logp, y, reduction="sum")
+            frames += len(f)
+        return total / frames
+
+    trained, history = fit_module(
+        "graph matcher",
+        lambda: GraphMatcher(pairs[0][0].shape[1], hidden=hidden),
+        batches,
+        loss,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=1e-4,
+        seed=seed,
         checkpoint_dir=checkpoint_dir,
         progress=progress,
-        desc="matcher",
     )
+    assert isinstance(trained, GraphMatcher)
+    matcher = trained
     return matcher, history
 
 

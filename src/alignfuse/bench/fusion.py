@@ -39,7 +39,7 @@ from alignfuse.config import ExperimentConfig, from_dict
 from alignfuse.data.shapes import load_shapes
 from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.engine.evaluate import images_to_tensor
-from alignfuse.engine.loop import fit_epochs, optimizer_step
+from alignfuse.engine.fit import fit_module
 from alignfuse.interaction.recurrent import attention_weights
 from alignfuse.metrics.compositional import hard_negative_accuracy, winoground_scores
 from alignfuse.metrics.retrieval import retrieval_metrics
@@ -187,31 +187,32 @@ def run_matching(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Train one fusion as an image-text matcher (positives vs hard and random negatives)."""
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    model = MatchModel(name, train["images"].shape[-1], vocab, int(cfg.get("width", 64)), args)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.get("lr", 2e-3)), weight_decay=1e-4)
     bs = int(cfg.get("batch_size", 128))
     n = train["images"].shape[0]
 
-    def run_epoch(epoch: int) -> float:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
-        losses = []
-        for s in range(0, n, bs):
-            idx = order[s : s + bs]
-            img = train["images"][idx]
-            logits, labels = [], []
-            for kind, y in (("pos", 1.0), ("hard", 0.0), ("other", 0.0)):
-                b = train[kind]
-                logits.append(model(img, b["ids"][idx], b["lengths"][idx]))
-                labels.append(torch.full((len(idx),), y))
-            loss = F.binary_cross_entropy_with_logits(
-                torch.cat(logits), torch.cat(labels), pos_weight=torch.tensor(2.0)
-            )
-            losses.append(optimizer_step(opt, loss, f"matching/{name}", epoch))
-        return float(np.mean(losses))
+    def matching_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        img = train["images"][idx]
+        logits, labels = [], []
+        for kind, y in (("pos", 1.0), ("hard", 0.0), ("other", 0.0)):
+            b = train[kind]
+            logits.append(model(img, b["ids"][idx], b["lengths"][idx]))
+            labels.append(torch.full((len(idx),), y))
+        return F.binary_cross_entropy_with_logits(
+            torch.cat(logits), torch.cat(labels), pos_weight=torch.tensor(2.0)
+        )
 
     t0 = time.perf_counter()
-    fit_epochs(model, opt, int(cfg.get("epochs", 6)), run_epoch, progress=False, desc=name)
+    model, _ = fit_module(
+        f"matching/{name}",
+        lambda: MatchModel(name, train["images"].shape[-1], vocab, int(cfg.get("width", 64)), args),
+        lambda epoch: _epoch_order(n, bs, epoch),
+        matching_loss,
+        epochs=int(cfg.get("epochs", 6)),
+        lr=float(cfg.get("lr", 2e-3)),
+        weight_decay=1e-4,
+        seed=int(cfg.get("seed", 0)),
+        progress=False,
+    )
     train_s = time.perf_counter() - t0
     with torch.no_grad():
         sc = {
@@ -295,38 +296,36 @@ def run_vqa(
     log: Callable[[str], None],
 ) -> tuple[dict[str, Any], VQAModel]:
     """Train one fusion on VQA; return its row (accuracy, robustness, cost) and the model."""
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    model = VQAModel(
-        name,
-        train["images"].shape[-1],
-        len(train["tokenizer"]),
-        len(train["answers"]),
-        int(cfg.get("width", 64)),
-        args,
-    )
-    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.get("lr", 2e-3)), weight_decay=1e-4)
     bs = int(cfg.get("batch_size", 128))
     n = len(train["labels"])
 
-    def run_epoch(epoch: int) -> float:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
-        losses = []
-        for s in range(0, n, bs):
-            idx = order[s : s + bs]
-            logits = model(
-                train["images"][train["owner"][idx]], train["ids"][idx], train["lengths"][idx]
-            )
-            losses.append(
-                optimizer_step(
-                    opt, F.cross_entropy(logits, train["labels"][idx]), f"vqa/{name}", epoch
-                )
-            )
-        return float(np.mean(losses))
+    def vqa_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        logits = model(
+            train["images"][train["owner"][idx]], train["ids"][idx], train["lengths"][idx]
+        )
+        return F.cross_entropy(logits, train["labels"][idx])
 
     t0 = time.perf_counter()
-    history = fit_epochs(
-        model, opt, int(cfg.get("epochs", 6)), run_epoch, progress=False, desc=name
+    trained, history = fit_module(
+        f"vqa/{name}",
+        lambda: VQAModel(
+            name,
+            train["images"].shape[-1],
+            len(train["tokenizer"]),
+            len(train["answers"]),
+            int(cfg.get("width", 64)),
+            args,
+        ),
+        lambda epoch: _epoch_order(n, bs, epoch),
+        vqa_loss,
+        epochs=int(cfg.get("epochs", 6)),
+        lr=float(cfg.get("lr", 2e-3)),
+        weight_decay=1e-4,
+        seed=int(cfg.get("seed", 0)),
+        progress=False,
     )
+    assert isinstance(trained, VQAModel)
+    model = trained
     train_s = time.perf_counter() - t0
 
     @torch.no_grad()
@@ -499,17 +498,16 @@ def train_scorer(
 ) -> list[float]:
     """Train an interaction scorer as a matcher: batches of images with one caption each,
     symmetric InfoNCE over the batch's all-pairs scores, with the engine loop."""
-    opt = torch.optim.AdamW(scorer.parameters(), lr=float(cfg.get("lr", 1e-3)), weight_decay=1e-4)
     bs, scale = int(cfg.get("batch_size", 32)), float(cfg.get("scale", 10.0))
     n_img = regions.shape[0]
     by_image: list[list[int]] = [[] for _ in range(n_img)]
     for c, i in enumerate(owner):
         by_image[int(i)].append(c)
 
-    def run_epoch(epoch: int) -> float:
+    def batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(epoch)
         order = torch.randperm(n_img, generator=g)
-        losses = []
+        out = []
         for s in range(0, n_img - bs + 1, bs):
             imgs = order[s : s + bs]
             caps = torch.tensor(
@@ -518,15 +516,33 @@ def train_scorer(
                     for i in imgs
                 ]
             )
-            logits = scale * scorer(regions[imgs], words[caps], None, wmask[caps])
-            target = torch.arange(len(imgs))
-            loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-            losses.append(optimizer_step(opt, loss, type(scorer).__name__, epoch))
-        return float(np.mean(losses))
+            out.append((imgs, caps))
+        return out
 
-    return fit_epochs(
-        scorer, opt, int(cfg.get("epochs", 2)), run_epoch, progress=False, desc="scorer"
+    def loss(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        imgs, caps = batch
+        logits = scale * net(regions[imgs], words[caps], None, wmask[caps])
+        target = torch.arange(len(imgs))
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+    _, history = fit_module(
+        type(scorer).__name__,
+        lambda: scorer,
+        batches,
+        loss,
+        epochs=int(cfg.get("epochs", 2)),
+        lr=float(cfg.get("lr", 1e-3)),
+        weight_decay=1e-4,
+        seed=None,
+        progress=False,
     )
+    return history
+
+
+def _epoch_order(n: int, bs: int, epoch: int) -> list[torch.Tensor]:
+    """Batches of row indices of an epoch: a permutation seeded by the epoch, in slices."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+    return [order[s : s + bs] for s in range(0, n, bs)]
 
 
 def _recalls(m: dict[str, float], t2i_only: bool = False) -> dict[str, float]:

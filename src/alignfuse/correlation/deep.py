@@ -17,7 +17,6 @@ error if the objective becomes NaN.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +30,7 @@ from alignfuse.correlation._base import (
 )
 from alignfuse.correlation.cca import CCA
 from alignfuse.correlation.loss import cca_loss
-from alignfuse.engine.loop import fit_epochs, optimizer_step
+from alignfuse.engine.fit import fit_module
 from alignfuse.layers import mlp
 
 
@@ -115,30 +114,30 @@ class DCCA(Estimator):
         self._mu_x, self._sd_x = x.mean(0), x.std(0).clamp_min(1e-8)
         self._mu_y, self._sd_y = y.mean(0), y.std(0).clamp_min(1e-8)
         xs, ys = (x - self._mu_x) / self._sd_x, (y - self._mu_y) / self._sd_y
-        torch.manual_seed(self.seed)
-        nets = self._build(x.shape[1], y.shape[1], x.dtype, x.device)
-        opt = torch.optim.AdamW(nets.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        n = x.shape[0]
+        n, bs = x.shape[0], self.batch_size
 
-        def run_epoch(epoch: int) -> float:
+        def batches(epoch: int) -> list[torch.Tensor]:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=g).to(x.device)
-            losses = []
-            for s in range(0, n - self.batch_size // 2, self.batch_size):
-                idx = order[s : s + self.batch_size]
-                loss = self._objective(nets, xs[idx], ys[idx])
-                losses.append(optimizer_step(opt, loss, type(self).__name__, epoch))
-            return float(np.mean(losses))
+            return [order[s : s + bs] for s in range(0, n - bs // 2, bs)]
 
-        history = fit_epochs(
-            nets,
-            opt,
-            self.epochs,
-            run_epoch,
+        def objective(nets: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            return self._objective(nets, xs[idx], ys[idx])  # type: ignore[arg-type]
+
+        nets, history = fit_module(
+            type(self).__name__,
+            lambda: self._build(x.shape[1], y.shape[1], x.dtype, x.device),
+            batches,
+            objective,
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            device=x.device,
             checkpoint_dir=self.checkpoint_dir,
             progress=self.progress,
-            desc=type(self).__name__,
         )
+        assert isinstance(nets, nn.ModuleDict)
         self.nets_ = nets.eval()
         self.history_ = history
         with torch.no_grad():

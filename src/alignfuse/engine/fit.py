@@ -41,16 +41,18 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from tqdm.auto import tqdm
 
+from alignfuse.config import ExperimentConfig
 from alignfuse.engine.checkpoint import (
     flatten_optimizer,
     latest_checkpoint,
@@ -59,9 +61,14 @@ from alignfuse.engine.checkpoint import (
     unflatten_optimizer,
 )
 from alignfuse.errors import CheckpointError, ConfigError, TrainingDivergedError
+from alignfuse.outputs import LossOutput
 from alignfuse.tasks.base import Task
 
 SCHEDULES = ("cosine", "constant")
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,21 +110,25 @@ class Fit:
 
     Args:
         task: the experiment's task (it holds the resolved config as ``task.cfg``).
-        run_dir: where checkpoints, the config and the history go.
+        run_dir: where checkpoints, the config and the history go (``None``: nowhere; the
+            run cannot be resumed).
         progress: show progress bars (default: when stderr is a terminal).
         log: where to print one line per epoch (default: stderr).
+        seed: seed torch with ``train.seed`` before ``task.build()`` (``False`` for a task
+            that hands over a model built and seeded by its caller).
     """
 
     def __init__(
         self,
         task: Task,
-        run_dir: str | Path,
+        run_dir: str | Path | None,
         progress: bool | None = None,
         log: Callable[[str], None] | None = None,
+        seed: bool = True,
     ) -> None:
         self.task = task
         self.cfg = cfg = task.cfg
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if distributed else 0
         self.world = dist.get_world_size() if distributed else 1
@@ -130,14 +141,19 @@ class Fit:
             raise ConfigError(
                 f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.train.schedule!r}"
             )
-        torch.manual_seed(cfg.train.seed)
+        if cfg.train.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.train.optimizer!r}"
+            )
+        if seed:
+            torch.manual_seed(cfg.train.seed)
         model, loss_fn = task.build()
         self.model = model.to(self.device)
         self.loss_fn = loss_fn.to(self.device)
         params = [
             p for p in [*self.model.parameters(), *self.loss_fn.parameters()] if p.requires_grad
         ]
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = OPTIMIZERS[cfg.train.optimizer](
             params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         task.setup(self.model, self.loss_fn, self.device, self.world)
@@ -154,7 +170,7 @@ class Fit:
         self.history = History()
         self.last_logs: dict[str, float] = {}
         self.train_seconds = 0.0
-        self._epoch_loss = (0.0, 0)  # sum and count of this epoch's losses so far
+        self._epoch_losses: list[float] = []  # this epoch's losses so far
         self._segment = time.perf_counter()
 
     def elapsed(self) -> float:
@@ -216,7 +232,7 @@ class Fit:
         value = float(out.loss.detach())
         self.last_logs = dict(out.logs)
         if not math.isfinite(value):
-            latest = latest_checkpoint(self.run_dir / "checkpoints")
+            latest = self.run_dir and latest_checkpoint(self.run_dir / "checkpoints")
             raise TrainingDivergedError(
                 f"{self.cfg.name}: loss is {value} at step {self.step} (epoch {epoch + 1}); "
                 "training stopped. Last good checkpoint: "
@@ -248,7 +264,7 @@ class Fit:
         """Write an atomic checkpoint of everything needed to resume (rank 0 writes; every
         rank's RNG state goes in). Returns its path (``None`` on other ranks)."""
         states = self._rng_states()
-        if self.rank != 0:
+        if self.rank != 0 or self.run_dir is None:
             return None
         opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
         opt_tensors["rng.torch"] = states[0]
@@ -262,7 +278,7 @@ class Fit:
                 "val": self.history.val,
                 "epochs": self.history.epochs,
             },
-            "epoch_loss": list(self._epoch_loss),
+            "epoch_losses": self._epoch_losses,
             "train_seconds": self.elapsed(),
         }
         return save_checkpoint(
@@ -285,6 +301,8 @@ class Fit:
 
     def resume(self) -> bool:
         """Load the latest checkpoint if there is one; return whether one was loaded."""
+        if self.run_dir is None:
+            return False
         path = latest_checkpoint(self.run_dir / "checkpoints")
         if path is None:
             return False
@@ -304,8 +322,7 @@ class Fit:
             torch.set_rng_state(rng)
         self.step = int(state["step"])
         self.history = History(**state["history"])
-        total, count = state.get("epoch_loss", (0.0, 0))
-        self._epoch_loss = (float(total), int(count))
+        self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self._segment = time.perf_counter()
         self.log(f"resumed from {path} at step {self.step}/{self.total_steps}")
@@ -329,10 +346,9 @@ class Fit:
         msg = f"{self.cfg.name}: epoch {epoch + 1} step {self.step}/{self.total_steps}"
         if losses:
             msg += f" loss {np.mean(losses):.4f}"
-        total, count = self._epoch_loss
-        if count:
-            self.history.epochs.append(total / count)
-        self._epoch_loss = (0.0, 0)
+        if self._epoch_losses:
+            self.history.epochs.append(float(np.mean(self._epoch_losses)))
+        self._epoch_losses = []
         done_epoch = epoch + 1
         every = self.cfg.train.eval_every
         if every and (done_epoch % every == 0 or self.step == self.total_steps):
@@ -349,10 +365,11 @@ class Fit:
             TrainingDivergedError: the loss became NaN or infinite; the last checkpoint on
                 disk is the last good state.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        if self.rank == 0:
+        if self.rank == 0 and self.run_dir is not None:
             self.task.save(self.run_dir)
         self._segment = time.perf_counter()
         self.task.start(self.model, self.progress)
@@ -384,8 +401,7 @@ class Fit:
                 run_steps += 1
                 losses.append(value)
                 parts.append(self.last_logs)
-                total, count = self._epoch_loss
-                self._epoch_loss = (total + value, count + 1)
+                self._epoch_losses.append(value)
                 elapsed = time.perf_counter() - t0
                 bar.update(1)
                 bar.set_postfix(
@@ -413,7 +429,7 @@ class Fit:
             self._end_epoch(epoch, losses)
         self.train_seconds = self.elapsed()
         self._segment = time.perf_counter()
-        if self.rank == 0:
+        if self.rank == 0 and self.run_dir is not None:
             (self.run_dir / "history.json").write_text(
                 json.dumps(
                     {
@@ -424,3 +440,125 @@ class Fit:
                 )
             )
         return self.history
+
+
+class FunctionTask:
+    """A task made of functions, for training a module outside an experiment (DCCA, the MVAE,
+    the graph matcher, the fusion suite's heads): the loop's features without a config file.
+
+    Args:
+        cfg: the experiment config whose ``name`` and ``train`` section the loop reads.
+        build: returns the module to train (called after seeding).
+        epoch_batches: the batches of an epoch, a pure function of the epoch (each batch is
+            whatever ``loss`` takes); every epoch has as many.
+        loss: the scalar loss of the module on one batch.
+    """
+
+    name: ClassVar[str] = "function"
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        build: Callable[[], nn.Module],
+        epoch_batches: Callable[[int], Sequence[Any]],
+        loss: Callable[[nn.Module, Any], torch.Tensor],
+    ) -> None:
+        self.cfg = cfg
+        self._build, self._batches, self._loss = build, epoch_batches, loss
+        self._epoch: tuple[int, Sequence[Any]] | None = None
+
+    def build(self) -> tuple[nn.Module, nn.Module]:
+        return self._build(), nn.Identity()
+
+    def setup(self, model: nn.Module, loss_fn: nn.Module, device: torch.device, world: int) -> None:
+        if world > 1:
+            raise ConfigError(f"{self.cfg.name} trains in one process")
+
+    def _epoch_batches(self, epoch: int) -> Sequence[Any]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, self._batches(epoch))
+        return self._epoch[1]
+
+    def steps_per_epoch(self) -> int:
+        return len(self._epoch_batches(0))
+
+    def start(self, model: nn.Module, progress: bool) -> None:
+        return None
+
+    def batch(self, epoch: int, index: int, rank: int, world: int) -> Any:
+        return self._epoch_batches(epoch)[index]
+
+    def step(self, model: nn.Module, loss_fn: nn.Module, batch: Any) -> LossOutput:
+        return LossOutput(self._loss(model, batch))
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return {}
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        return ""
+
+    def save(self, run_dir: Path) -> None:
+        return None
+
+    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], Any]:
+        return {}, None
+
+    def headline(self, metrics: dict[str, float]) -> str:
+        return ""
+
+
+def fit_module(
+    name: str,
+    build: Callable[[], nn.Module],
+    epoch_batches: Callable[[int], Sequence[Any]],
+    loss: Callable[[nn.Module, Any], torch.Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    optimizer: str = "adamw",
+    seed: int | None = 0,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> tuple[nn.Module, list[float]]:
+    """Train ``build()`` with the one loop at a constant learning rate, no clipping and no
+    validation; return the trained module (in eval mode) and each epoch's mean loss.
+
+    ``seed=None`` keeps the caller's random state (a module built and seeded already);
+    with ``checkpoint_dir`` a checkpoint is written at every epoch's end and a later call
+    resumes from the latest one exactly.
+
+    Example:
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+        >>> batches = lambda epoch: [torch.arange(i, i + 16) for i in range(0, 64, 16)]
+        >>> net, history = fit_module(
+        ...     "regression", lambda: nn.Linear(3, 1), batches,
+        ...     lambda m, idx: ((m(x[idx]) - y[idx]) ** 2).mean(),
+        ...     epochs=30, lr=0.1, progress=False)
+        >>> len(history), history[-1] < 0.1 * history[0]
+        (30, True)
+    """
+    from alignfuse.config import TrainConfig
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    train = TrainConfig(
+        epochs=epochs,
+        batch_size=1,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_fraction=0.0,
+        schedule="constant",
+        optimizer=optimizer,
+        grad_clip=0.0,
+        seed=0 if seed is None else seed,
+        device=str(device),
+        eval_every=0,
+        checkpoint_every=0,
+    )
+    task = FunctionTask(ExperimentConfig(name=name, train=train), build, epoch_batches, loss)
+    fit = Fit(task, checkpoint_dir, progress=progress, log=lambda msg: None, seed=seed is not None)
+    history = fit.fit(resume=checkpoint_dir is not None)
+    return fit.model.eval(), history.epochs

@@ -54,12 +54,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignfuse.engine.loop import fit_epochs, optimizer_step
+from alignfuse.engine.fit import fit_module
 from alignfuse.fusion.mvae import product_of_experts
 from alignfuse.layers import mlp
 
@@ -489,29 +488,34 @@ def train_mvae(
         raise ValueError(f"anneal_epochs must be >= 0, got {anneal_epochs}")
     device = next(model.parameters()).device
     x = {m: v.to(device) for m, v in x.items()}
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     beta = model.beta
 
-    def run_epoch(epoch: int) -> float:
+    def batches(epoch: int) -> list[tuple[int, torch.Tensor, torch.Generator]]:
+        # one generator per epoch draws the order, then every batch's samples in turn
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        model.beta = beta * min(1.0, (epoch + 1) / anneal_epochs) if anneal_epochs else beta
         order = torch.randperm(n, generator=g).to(device)
-        losses = []
-        for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            loss = model.loss({m: v[idx] for m, v in x.items()}, g)
-            losses.append(optimizer_step(opt, loss, "MVAE", epoch))
-        return float(np.mean(losses))
+        return [(epoch, order[s : s + batch_size], g) for s in range(0, n, batch_size)]
+
+    def loss(net: nn.Module, batch: tuple[int, torch.Tensor, torch.Generator]) -> torch.Tensor:
+        epoch, idx, g = batch
+        model.beta = beta * min(1.0, (epoch + 1) / anneal_epochs) if anneal_epochs else beta
+        return model.loss({m: v[idx] for m, v in x.items()}, g)
 
     try:
-        return fit_epochs(
-            model,
-            opt,
-            epochs,
-            run_epoch,
+        _, history = fit_module(
+            "MVAE",
+            lambda: model,
+            batches,
+            loss,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer="adam",
+            seed=None,
+            device=device,
             checkpoint_dir=checkpoint_dir,
             progress=progress,
-            desc="MVAE",
         )
+        return history
     finally:
         model.beta = beta

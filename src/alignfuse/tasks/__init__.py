@@ -1,7 +1,8 @@
 """Tasks: what differs between kinds of experiment, as plugins of the one training loop.
 
 ``alignfuse list tasks`` names them; an experiment picks one in its ``task:`` section
-(default ``image_text``). See :mod:`alignfuse.tasks.base` for the protocol.
+(default ``image_text``). See :mod:`alignfuse.tasks.base` for the protocol. The built-in
+tasks register when :mod:`alignfuse` is imported (its ``__init__`` imports their modules).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 
 from alignfuse.config import ExperimentConfig
 from alignfuse.registry import TASKS
-from alignfuse.tasks import image_text, speech_text  # noqa: F401  (registers the tasks)
 from alignfuse.tasks.base import Task, TaskType
 
 
