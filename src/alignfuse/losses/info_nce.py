@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.losses._common import make_positive_mask, reduce
+from alignfuse.losses.candidates import candidate_info_nce
 from alignfuse.losses.chunked import check_chunked_call, chunked_info_nce
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
@@ -174,4 +175,13 @@ class InfoNCELoss(nn.Module):
         loss = info_nce_from_similarity(
             sims, scale, self.reduction, label_smoothing=self.label_smoothing
         )
+        return LossOutput(loss, {"temperature": float(1.0 / scale.detach().exp())})
+
+    def from_candidates(
+        self, scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> LossOutput:
+        """Multi-positive InfoNCE of each query over its own candidates
+        (:func:`~alignfuse.losses.candidates.candidate_info_nce`), at this temperature."""
+        scale = self.logit_scale.clamp(max=self.max_log_scale)
+        loss = candidate_info_nce(scores, positive, valid, scale)
         return LossOutput(loss, {"temperature": float(1.0 / scale.detach().exp())})

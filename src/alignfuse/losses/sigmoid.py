@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.losses._common import make_positive_mask, reduce
+from alignfuse.losses.candidates import candidate_sigmoid
 from alignfuse.losses.chunked import check_chunked_call, chunked_sigmoid
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
@@ -113,6 +114,20 @@ class SigmoidLoss(nn.Module):
             None,
             self.chunk_size if labels is None else None,
         )
+        return LossOutput(
+            loss,
+            {
+                "scale": float(self.logit_scale.detach().exp()),
+                "bias": float(self.logit_bias.detach()),
+            },
+        )
+
+    def from_candidates(
+        self, scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> LossOutput:
+        """SigLIP's loss of each query over its own candidates
+        (:func:`~alignfuse.losses.candidates.candidate_sigmoid`), at this scale and bias."""
+        loss = candidate_sigmoid(scores, positive, valid, self.logit_scale, self.logit_bias)
         return LossOutput(
             loss,
             {

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from alignfuse.losses._common import make_positive_mask, reduce
+from alignfuse.losses.candidates import candidate_triplet
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
 from alignfuse.similarity import (
@@ -150,6 +151,18 @@ class TripletLoss(nn.Module):
         on the diagonal), e.g. SCAN's cross-attention scores."""
         mining = self._mining()
         loss = triplet_from_similarity(sims, self.margin, mining, self.reduction)
+        return LossOutput(loss, {"hardest": float(mining == "hardest")})
+
+    def from_candidates(
+        self, scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> LossOutput:
+        """The triplet loss (and warm-up) of each query's positives against its own
+        candidates (:func:`~alignfuse.losses.candidates.candidate_triplet`; ``semihard``
+        mining is not defined there)."""
+        mining = self._mining()
+        if mining == "semihard":
+            raise ValueError("from_candidates supports mining 'sum' or 'hardest', not 'semihard'")
+        loss = candidate_triplet(scores, positive, valid, self.margin, mining)
         return LossOutput(loss, {"hardest": float(mining == "hardest")})
 
     def _mining(self) -> str:
