@@ -73,6 +73,9 @@ def test_triplet_equals_a_loop(seed, mining):
                 total = total + (max(costs) if mining == "hardest" else sum(costs))
     got = candidate_triplet(scores, positive, valid, 0.2, mining)
     assert torch.allclose(got, total)
+    n_pos = int(positive.sum())
+    mean = candidate_triplet(scores, positive, valid, 0.2, mining, reduction="mean")
+    assert torch.allclose(mean, total / n_pos)
 
 
 def test_square_one_positive_case_is_the_batch_loss():
@@ -123,3 +126,5 @@ def test_bad_candidates_are_named():
         candidate_triplet(torch.zeros(2, 3, dtype=torch.long), pos)
     with pytest.raises(ValueError, match="margin must be > 0"):
         candidate_triplet(s, pos, margin=0.0)
+    with pytest.raises(ValueError, match="reduction must be 'sum' or 'mean'"):
+        candidate_triplet(s, pos, reduction="none")

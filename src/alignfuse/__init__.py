@@ -37,7 +37,11 @@ from alignfuse.registry import (
     list_models,
     list_tasks,
 )
-from alignfuse.tasks import image_text, speech_text  # noqa: F401  (registers the tasks)
+from alignfuse.tasks import (  # noqa: F401  (registers the tasks)
+    image_text,
+    schema_linking,
+    speech_text,
+)
 
 __version__ = "0.1.0.dev0"
 

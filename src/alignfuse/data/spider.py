@@ -145,7 +145,12 @@ def gold_links(query: str, schema: Schema) -> tuple[frozenset[int], frozenset[in
     Raises:
         DataError: the query does not parse, or names a table or column not in the schema.
     """
-    import sqlglot
+    try:
+        import sqlglot
+    except ImportError:
+        raise ImportError(
+            "reading gold links from SQL needs sqlglot: pip install 'alignfuse[schema]'"
+        ) from None
     from sqlglot import exp
     from sqlglot.errors import SqlglotError
     from sqlglot.optimizer.qualify import qualify
@@ -309,7 +314,10 @@ def load_spider_splits(
     folder laid out as the authors publish them (``spider-syn/``, ``spider-dk/``)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"Spider root {str(root)!r} is not a folder")
+        raise DataError(
+            f"Spider root {str(root)!r} is not a folder (data.args.root: the folder holding "
+            "spider-syn/ and spider-dk/)"
+        )
     out = {}
     for name in splits:
         if name not in SPLITS:
@@ -317,3 +325,12 @@ def load_spider_splits(
         q, t, f = SPLITS[name]
         out[name] = load_spider(root / q, root / t, f)
     return out
+
+
+@DATASETS.register("spider_linking")
+def load_spider_linking(
+    root: str | Path, splits: Sequence[str] = ("train", "dev", "syn", "dk")
+) -> dict[str, LinkingData]:
+    """Spider train and dev, Spider-Syn and Spider-DK as schema-linking splits (a folder with
+    the authors' ``spider-syn/`` and ``spider-dk/``)."""
+    return load_spider_splits(root, splits)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from alignfuse.registry import ENCODERS
 
 EXTRA = "minilm"
+DEFAULT_NAME = "all-MiniLM-L6-v2"
 
 
 def minilm_available() -> bool:
@@ -109,3 +111,52 @@ class FrozenSentenceEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
+
+
+def embed_sentences(
+    texts: Sequence[str],
+    path: str | None = None,
+    cache_dir: str | Path | None = None,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """Unit sentence embeddings ``(len(texts), D)`` of the frozen encoder at ``path`` (the
+    bundled MiniLM by default), stored once on disk: a safetensors file named by the SHA-256
+    of the encoder and the texts; a corrupt file is recomputed. The encoder is loaded only
+    when the embeddings are not on disk yet.
+
+    ``cache_dir`` defaults to ``$ALIGNFUSE_CACHE/sentence_embeddings``.
+    """
+    import hashlib
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from alignfuse.data.cache import default_cache_dir
+
+    texts = list(texts)
+    key = hashlib.sha256(json.dumps([path or DEFAULT_NAME, texts]).encode()).hexdigest()
+    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "sentence_embeddings"
+    file = folder / f"{key[:24]}.safetensors"
+    if file.is_file():
+        try:
+            stored = load_file(str(file))["embeddings"]
+            if stored.shape[0] == len(texts):
+                return stored
+        except (SafetensorError, KeyError, OSError):
+            pass  # recomputed below
+    encoder = FrozenSentenceEncoder(path)
+    encoder.precompute(texts, show_progress=show_progress)
+    out = (
+        torch.stack([encoder._cache[t] for t in texts])
+        if texts
+        else torch.zeros(0, encoder.out_dim)
+    )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.tmp")
+        save_file({"embeddings": out.contiguous()}, str(tmp))
+        os.replace(tmp, file)
+    except OSError:
+        pass  # a read-only cache: the embeddings are still returned
+    return out

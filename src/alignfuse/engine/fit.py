@@ -153,6 +153,10 @@ class Fit:
         params = [
             p for p in [*self.model.parameters(), *self.loss_fn.parameters()] if p.requires_grad
         ]
+        # a model with nothing to train (a lexical linker) is evaluated as built
+        self.trainable = any(p.requires_grad for p in self.model.parameters())
+        if not self.trainable:
+            params = [torch.nn.Parameter(torch.zeros(()))]  # an optimiser needs one
         self.optimizer = OPTIMIZERS[cfg.train.optimizer](
             params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -162,7 +166,7 @@ class Fit:
         if cfg.train.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
         self.steps_per_epoch = max(1, task.steps_per_epoch())
-        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs if self.trainable else 0
         if cfg.train.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.warmup = int(cfg.train.warmup_fraction * self.total_steps)

@@ -13,7 +13,7 @@ forms of the batch objectives (the square, one-positive case is theirs: see the 
   with ``z = +1`` for positives and ``-1`` otherwise, the mean over queries;
 - triplet (Faghri et al. 2018), per positive ``p``: ``[alpha - s_ip + s_in]_+`` summed over
   the negatives ``n in C \\ P`` (``mining="sum"``) or for the hardest one (``hardest``:
-  VSE++), summed over positives and queries.
+  VSE++), summed (or averaged) over positives and queries.
 
 Example:
     >>> s = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.8, 0.0]])
@@ -100,8 +100,13 @@ def candidate_triplet(
     valid: torch.Tensor | None = None,
     margin: float = 0.2,
     mining: str = "hardest",
+    reduction: str = "sum",
 ) -> torch.Tensor:
-    """Hinge triplet loss of each positive against the query's negatives (sum or hardest)."""
+    """Hinge triplet loss of each positive against the query's negatives (sum or hardest),
+    summed (``reduction="sum"``, as VSE++) or averaged over the positives of all queries
+    (``"mean"``)."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     if margin <= 0:
         raise ValueError(f"margin must be > 0, got {margin}")
     if mining not in ("sum", "hardest"):
@@ -113,4 +118,5 @@ def candidate_triplet(
     cost = (margin - s[:, :, None] + s[:, None, :]).clamp_min(0)
     cost = cost.masked_fill(~(positive[:, :, None] & negative[:, None, :]), 0.0)
     per_positive = cost.amax(2) if mining == "hardest" else cost.sum(2)
-    return per_positive.sum()
+    total = per_positive.sum()
+    return total if reduction == "sum" else total / positive.sum()

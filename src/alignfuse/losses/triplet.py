@@ -162,7 +162,7 @@ class TripletLoss(nn.Module):
         mining = self._mining()
         if mining == "semihard":
             raise ValueError("from_candidates supports mining 'sum' or 'hardest', not 'semihard'")
-        loss = candidate_triplet(scores, positive, valid, self.margin, mining)
+        loss = candidate_triplet(scores, positive, valid, self.margin, mining, self.reduction)
         return LossOutput(loss, {"hardest": float(mining == "hardest")})
 
     def _mining(self) -> str:

@@ -4,10 +4,16 @@ encoder, a multimodal encoder with ITM and MLM, retrieval re-ranked by ITM), a
 LLaVA-style captioner (image tokens projected as the prefix of a causal language model),
 BLIP-2's Q-Former (learned queries between the image and the text: ITC, ITM, ITG) and the
 MVAE (a product-of-experts multimodal VAE: inference and generation from any subset of
-modalities) and a speech-text dual encoder."""
+modalities), a speech-text dual encoder and schema linkers."""
 
 from alignfuse.models.albef import ALBEF, FusionLayer, MergedLayer, build_albef, mask_words
 from alignfuse.models.dual_encoder import DualEncoder, build_dual_encoder
+from alignfuse.models.linkers import (
+    BM25Linker,
+    EmbeddingCosineLinker,
+    SchemaDualEncoder,
+    StringMatchLinker,
+)
 from alignfuse.models.mvae import MVAE, train_mvae
 from alignfuse.models.prefix_lm import PrefixLM, build_prefix_lm
 from alignfuse.models.qformer import QFormer, QFormerLayer, build_qformer
@@ -17,14 +23,18 @@ from alignfuse.models.speech_text import SpeechTextModel, build_speech_text
 __all__ = [
     "ALBEF",
     "MVAE",
+    "BM25Linker",
     "DualEncoder",
+    "EmbeddingCosineLinker",
     "FusionLayer",
     "MergedLayer",
     "PrefixLM",
     "QFormer",
     "QFormerLayer",
     "SCANModel",
+    "SchemaDualEncoder",
     "SpeechTextModel",
+    "StringMatchLinker",
     "build_albef",
     "build_dual_encoder",
     "build_prefix_lm",

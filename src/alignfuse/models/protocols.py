@@ -13,6 +13,7 @@ built-in ones.
 | :class:`CaptionGenerator` | ``generate``, ``prefix``, ``log_likelihood`` | prefix LM |
 | :class:`OwnObjective` | ``training_loss(batch, loss)`` | ALBEF, Q-Former, prefix LM |
 | :class:`SimilarityLoss` | ``from_similarity(sims)`` (a loss) | InfoNCE, triplet |
+| :class:`CandidateLoss` | ``from_candidates(scores, positive, valid)`` (a loss) | InfoNCE, SigLIP, triplet |
 
 Example:
     >>> from alignfuse.encoders.tokenizer import Tokenizer
@@ -108,3 +109,13 @@ class SimilarityLoss(Protocol):
     """A loss that also takes a ``(B, B)`` score matrix of a batch (pairwise models)."""
 
     def from_similarity(self, sims: torch.Tensor) -> LossOutput: ...
+
+
+@runtime_checkable
+class CandidateLoss(Protocol):
+    """A loss of each query over its own candidate set with several positives (a question
+    against its database's schema items)."""
+
+    def from_candidates(
+        self, scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> LossOutput: ...

@@ -1,0 +1,169 @@
+"""Schema linkers: scorers of a question against the tables and columns of its database.
+
+Two kinds, told apart by what they score (:class:`TextScorer`, :class:`EmbeddingScorer`):
+
+- lexical, on the words of the question and of each item's name: ``string_match``
+  (RAT-SQL's n-gram matching, Wang et al. 2020: an item whose whole name occurs in the
+  question scores 1, one whose words occur in part scores half the share that occur) and
+  ``bm25`` (Okapi BM25 of the question against each item's words, within its database);
+- on sentence embeddings of the question and of each item's serialisation
+  (:func:`item_texts`): ``embedding_cosine`` (the frozen encoder's cosine, zero-shot) and
+  ``schema_dual_encoder`` (a trained linear head per side, initialised to the identity so
+  training starts from the zero-shot linker; Karpukhin et al. 2020's dual encoder, here
+  with several positives per question).
+
+Example:
+    >>> from alignfuse.data.spider import Schema
+    >>> linker = StringMatchLinker()
+    >>> linker.score_items("How many singers are there?", ["singer", "concert", "stadium"])
+    array([1., 0., 0.])
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alignfuse.data.spider import Schema
+from alignfuse.registry import MODELS
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words with a crude plural folded (``singers`` -> ``singer``)."""
+    out = []
+    for w in _WORD.findall(text.lower()):
+        if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+            w = w[:-1]
+        out.append(w)
+    return out
+
+
+def item_texts(schema: Schema) -> tuple[list[str], list[str]]:
+    """Serialisations of each table (its name and its columns' names) and each column (its
+    table, its name, its type and its keys), for sentence encoders."""
+    tables = [
+        f"{name}: {', '.join(schema.column_names[c] for c in schema.table_columns(t))}"
+        for t, name in enumerate(schema.tables)
+    ]
+    refs = dict(schema.foreign_keys)
+    columns = []
+    for c, name in enumerate(schema.column_names):
+        text = f"{schema.tables[schema.column_tables[c]]} {name} ({schema.column_types[c]}"
+        if c in schema.primary_keys:
+            text += ", primary key"
+        if c in refs:
+            other = refs[c]
+            text += f", refers to {schema.tables[schema.column_tables[other]]} {schema.column_names[other]}"
+        columns.append(text + ")")
+    return tables, columns
+
+
+@runtime_checkable
+class TextScorer(Protocol):
+    """Scores a question against item names, from their words."""
+
+    def score_items(self, question: str, items: Sequence[str]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class EmbeddingScorer(Protocol):
+    """Scores questions against their candidate items, from sentence embeddings."""
+
+    def score_embeddings(self, questions: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
+
+
+@MODELS.register("string_match")
+class StringMatchLinker(nn.Module):
+    """RAT-SQL's n-gram name matching: whole name in the question 1, else half the share of
+    its words in the question."""
+
+    def score_items(self, question: str, items: Sequence[str]) -> np.ndarray:
+        q = words(question)
+        joined = f" {' '.join(q)} "
+        present = set(q)
+        out = np.zeros(len(items))
+        for i, item in enumerate(items):
+            w = words(item)
+            if not w:
+                continue
+            if f" {' '.join(w)} " in joined:
+                out[i] = 1.0
+            else:
+                out[i] = 0.5 * sum(x in present for x in w) / len(w)
+        return out
+
+
+@MODELS.register("bm25")
+class BM25Linker(nn.Module):
+    """Okapi BM25 (Robertson et al. 1994) of the question's words against each item's words;
+    the items of one database are the collection (its IDF), as ``rank_bm25.BM25Okapi``."""
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25) -> None:
+        super().__init__()
+        if k1 < 0 or not 0 <= b <= 1:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        self.k1, self.b, self.epsilon = k1, b, epsilon
+
+    def score_items(self, question: str, items: Sequence[str]) -> np.ndarray:
+        docs = [words(item) for item in items]
+        n = len(docs)
+        avg = sum(len(d) for d in docs) / max(1, n)
+        df = Counter(w for d in docs for w in set(d))
+        idf = {w: math.log(n - f + 0.5) - math.log(f + 0.5) for w, f in df.items()}
+        floor = self.epsilon * (sum(idf.values()) / len(idf)) if idf else 0.0
+        idf = {w: (v if v >= 0 else floor) for w, v in idf.items()}
+        out = np.zeros(n)
+        for i, d in enumerate(docs):
+            tf = Counter(d)
+            norm = self.k1 * (1 - self.b + self.b * len(d) / avg) if avg else self.k1
+            for w in words(question):
+                f = tf.get(w, 0)
+                out[i] += idf.get(w, 0.0) * f * (self.k1 + 1) / (f + norm)
+        return out
+
+
+@MODELS.register("embedding_cosine")
+class EmbeddingCosineLinker(nn.Module):
+    """The frozen sentence encoder's cosine between a question and each item (zero-shot)."""
+
+    def score_embeddings(self, questions: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` questions against ``(B, M, D)`` candidates: ``(B, M)`` cosines."""
+        return torch.einsum(
+            "bd,bmd->bm", F.normalize(questions, dim=-1), F.normalize(items, dim=-1)
+        )
+
+
+@MODELS.register("schema_dual_encoder")
+class SchemaDualEncoder(nn.Module):
+    """A trained linear head on each side of a frozen sentence encoder, initialised to the
+    identity (training starts from the zero-shot cosine); scores are cosines.
+
+    Args:
+        dim: the sentence encoder's width (384 for MiniLM).
+    """
+
+    def __init__(self, dim: int = 384) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.question_head = nn.Linear(dim, dim)
+        self.item_head = nn.Linear(dim, dim)
+        for head in (self.question_head, self.item_head):
+            nn.init.eye_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def score_embeddings(self, questions: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` questions against ``(B, M, D)`` candidates: ``(B, M)`` cosines."""
+        q = F.normalize(self.question_head(questions), dim=-1)
+        i = F.normalize(self.item_head(items), dim=-1)
+        return torch.einsum("bd,bmd->bm", q, i)

