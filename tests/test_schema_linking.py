@@ -162,11 +162,13 @@ base:
 experiments:
   - {{name: cosine, model: {{name: embedding_cosine}}}}
   - {{name: dual, model: {{name: schema_dual_encoder}}, loss: {{name: info_nce}}}}
+  - {{name: cca, model: {{name: projection_linker, args: {{n_components: 8}}}}}}
 """
     )
     rows = run_suite(load_suite(str(suite)), tmp_path / "out", progress=False, log=lambda m: None)
-    cosine, dual = rows
-    assert cosine["steps"] == 0 and dual["steps"] == 3 * 2
+    cosine, dual, cca = rows
+    assert cosine["steps"] == 0 and dual["steps"] == 3 * 2 and cca["steps"] == 0
+    assert 0 <= cca["metrics"]["dev/column_auc"] <= 1
     assert len(dual["history"]["val"]) == 3
     assert 0.5 < cosine["metrics"]["dev/column_auc"] <= 1.0
     # training fits the training questions better than the zero-shot start
@@ -192,3 +194,30 @@ def test_bad_settings_are_named(spider_root):
     with pytest.raises(ConfigError, match="is not a schema linker"):
         Fit(create_task(_cfg(spider_root, "model.name=dual_encoder")), None, progress=False)
     assert load_spider_splits(spider_root)["dk"].examples[0].kind == "0"
+
+
+def test_projection_linker_procrustes_recovers_a_rotation_and_cca_scores_its_projections():
+    from alignfuse.correlation import CCA
+    from alignfuse.models.linkers import ProjectionLinker
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    rot, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    items = q @ rot
+    pro = ProjectionLinker("procrustes")
+    pro.fit_pairs(q, items)
+    cands = torch.stack([items[:3], items[3:6]], 1)  # each question: its item, another's
+    s = pro.score_embeddings(q[:3], cands)
+    assert torch.allclose(s[:, 0], torch.ones(3, dtype=torch.float64), atol=1e-8)
+    assert (s[:, 1] < 1 - 1e-3).all()
+    cca = ProjectionLinker("cca", n_components=4, reg=1e-3)
+    noisy = items + 0.1 * torch.randn(200, 6, generator=g, dtype=torch.float64)
+    cca.fit_pairs(q, noisy)
+    ref = CCA(4, reg_x=1e-3, reg_y=1e-3).fit(q, noisy)
+    zq, zi = ref.transform(q[:3], cands.reshape(6, 6))
+    want = torch.nn.functional.cosine_similarity(zq[:, None], zi.reshape(3, 2, 4), dim=-1)
+    assert torch.allclose(cca.score_embeddings(q[:3], cands), want)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ProjectionLinker().score_embeddings(q[:1], cands[:1])
+    with pytest.raises(ValueError, match="'cca' or 'procrustes'"):
+        ProjectionLinker("pls")

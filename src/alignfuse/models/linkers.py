@@ -10,7 +10,8 @@ Two kinds, told apart by what they score (:class:`TextScorer`, :class:`Embedding
   (:func:`item_texts`): ``embedding_cosine`` (the frozen encoder's cosine, zero-shot) and
   ``schema_dual_encoder`` (a trained linear head per side, initialised to the identity so
   training starts from the zero-shot linker; Karpukhin et al. 2020's dual encoder, here
-  with several positives per question).
+  with several positives per question), and ``projection_linker`` (explicit alignment: CCA
+  or Procrustes fitted in closed form on the training (question, gold item) pairs).
 
 Example:
     >>> from alignfuse.data.spider import Schema
@@ -25,7 +26,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -167,3 +168,63 @@ class SchemaDualEncoder(nn.Module):
         q = F.normalize(self.question_head(questions), dim=-1)
         i = F.normalize(self.item_head(items), dim=-1)
         return torch.einsum("bd,bmd->bm", q, i)
+
+
+@runtime_checkable
+class PairFitScorer(Protocol):
+    """An embedding scorer fitted in closed form on (question, gold item) pairs."""
+
+    def fit_pairs(self, questions: torch.Tensor, items: torch.Tensor) -> None: ...
+
+    def score_embeddings(self, questions: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
+
+
+@MODELS.register("projection_linker")
+class ProjectionLinker(nn.Module):
+    """Explicit alignment on frozen embeddings: CCA (Hotelling 1936; ``method="cca"``) or an
+    orthogonal Procrustes map (``"procrustes"``) fitted on the training (question, gold item)
+    pairs; scores are cosines of the aligned embeddings.
+
+    Args:
+        method: ``cca`` (both sides projected on the top ``n_components`` canonical pairs) or
+            ``procrustes`` (questions rotated into the items' space).
+        n_components: canonical pairs kept (CCA).
+        reg: ridge on each view's covariance (CCA).
+    """
+
+    def __init__(self, method: str = "cca", n_components: int = 64, reg: float = 1e-2) -> None:
+        super().__init__()
+        if method not in ("cca", "procrustes"):
+            raise ValueError(f"method must be 'cca' or 'procrustes', got {method!r}")
+        if n_components < 1 or reg < 0:
+            raise ValueError(f"n_components must be >= 1 and reg >= 0, got {n_components}, {reg}")
+        self.method, self.n_components, self.reg = method, n_components, reg
+        self.estimator: Any = None
+
+    def fit_pairs(self, questions: torch.Tensor, items: torch.Tensor) -> None:
+        """Fit on paired rows ``(N, D)`` of question and gold-item embeddings."""
+        from alignfuse.correlation import CCA, Procrustes
+
+        x, y = questions.double(), items.double()
+        if self.method == "cca":
+            self.estimator = CCA(self.n_components, reg_x=self.reg, reg_y=self.reg).fit(x, y)
+        else:
+            self.estimator = Procrustes().fit(x, y)
+            self._means = (x.mean(0), y.mean(0))
+
+    def score_embeddings(self, questions: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` questions against ``(B, M, D)`` candidates: ``(B, M)`` cosines."""
+        if self.estimator is None:
+            raise RuntimeError("ProjectionLinker is not fitted: call fit_pairs first")
+        b, m, d = items.shape
+        x, y = questions.double(), items.reshape(b * m, d).double()
+        est = self.estimator
+        if self.method == "cca":  # (v - mean) @ weights on each side, as CCA.transform
+            zq = (x - est.mean_x_.to(x)) @ est.x_weights_.to(x)
+            zi = ((y - est.mean_y_.to(x)) @ est.y_weights_.to(x)).reshape(b, m, -1)
+        else:  # as Procrustes.transform: (x - mean_x) R + mean_y
+            mx, my = (v.to(x) for v in self._means)
+            zq = (x - mx) @ est.rotation_.to(x) + my
+            zi = y.reshape(b, m, -1)
+        out = torch.einsum("bd,bmd->bm", F.normalize(zq, dim=-1), F.normalize(zi, dim=-1))
+        return out.to(questions.dtype)

@@ -34,7 +34,7 @@ from alignfuse.config import ExperimentConfig, save_config
 from alignfuse.data.spider import LinkingData, LinkingExample, Schema
 from alignfuse.errors import ConfigError
 from alignfuse.metrics.linking import best_threshold, linking_metrics
-from alignfuse.models.linkers import EmbeddingScorer, TextScorer, item_texts
+from alignfuse.models.linkers import EmbeddingScorer, PairFitScorer, TextScorer, item_texts
 from alignfuse.models.protocols import CandidateLoss
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS, check_arguments
@@ -178,6 +178,25 @@ class SchemaLinkingTask:
             self.embeddings = _Embeddings(
                 {"train": self.train, **self.splits}, self.cache_dir, progress=False
             )
+        if isinstance(model, PairFitScorer):  # closed form, on (question, gold item) pairs
+            model.fit_pairs(*self.gold_pairs())
+
+    def gold_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of every (training question, gold table or column) pair."""
+        emb = self.embeddings
+        assert emb is not None
+        qs, items = [], []
+        for e in self.train.examples:
+            q = emb.question(e.question)
+            tables = emb.item("train", e.db_id, "table")
+            columns = emb.item("train", e.db_id, "column")
+            for vec in [
+                *(tables[t] for t in sorted(e.tables)),
+                *(columns[c] for c in sorted(e.columns)),
+            ]:
+                qs.append(q)
+                items.append(vec)
+        return torch.stack(qs), torch.stack(items)
 
     def steps_per_epoch(self) -> int:
         return max(1, len(self.train) // self.batch_questions)
