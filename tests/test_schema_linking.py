@@ -163,10 +163,12 @@ experiments:
   - {{name: cosine, model: {{name: embedding_cosine}}}}
   - {{name: dual, model: {{name: schema_dual_encoder}}, loss: {{name: info_nce}}}}
   - {{name: cca, model: {{name: projection_linker, args: {{n_components: 8}}}}}}
+  - {{name: scan, model: {{name: token_scan, args: {{trainable: true}}}}, loss: {{name: info_nce}}}}
 """
     )
     rows = run_suite(load_suite(str(suite)), tmp_path / "out", progress=False, log=lambda m: None)
-    cosine, dual, cca = rows
+    cosine, dual, cca, scan = rows
+    assert scan["steps"] == 3 * 2 and 0 <= scan["metrics"]["syn/column_auc"] <= 1
     assert cosine["steps"] == 0 and dual["steps"] == 3 * 2 and cca["steps"] == 0
     assert 0 <= cca["metrics"]["dev/column_auc"] <= 1
     assert len(dual["history"]["val"]) == 3
@@ -221,3 +223,25 @@ def test_projection_linker_procrustes_recovers_a_rotation_and_cca_scores_its_pro
         ProjectionLinker().score_embeddings(q[:1], cands[:1])
     with pytest.raises(ValueError, match="'cca' or 'procrustes'"):
         ProjectionLinker("pls")
+
+
+def test_token_linkers_are_scan_and_ot_on_the_tokens():
+    from alignfuse.interaction.scan import SCAN
+    from alignfuse.models.linkers import TokenOTLinker, TokenSCANLinker
+    from alignfuse.transport.ipot import word_region_distance
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(7, 16, generator=g)
+    items = torch.randn(4, 3, 16, generator=g)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    want = SCAN("t2i", "lse", 9.0, 6.0)(q[None], items, None, mask)[0]
+    assert torch.allclose(TokenSCANLinker(16).score_tokens(q, items, mask), want)
+    # an item whose words are the question's own tokens scores highest
+    items[0] = q[:3]
+    s = TokenSCANLinker(16).score_tokens(q, items, mask)
+    assert int(s.argmax()) == 0
+    trained = TokenSCANLinker(16, trainable=True)
+    assert torch.allclose(trained.score_tokens(q, items, mask), s, atol=1e-5)  # identity start
+    ot = TokenOTLinker(16).score_tokens(q, items, mask)
+    ref = -word_region_distance(items, q[None].expand(4, -1, -1), mask, None)
+    assert torch.allclose(ot, ref)

@@ -160,3 +160,56 @@ def embed_sentences(
     except OSError:
         pass  # a read-only cache: the embeddings are still returned
     return out
+
+
+def embed_tokens(
+    texts: Sequence[str],
+    path: str | None = None,
+    cache_dir: str | Path | None = None,
+    show_progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contextual token embeddings of the frozen encoder's last layer for each text, without
+    the ``[CLS]`` / ``[SEP]`` markers: ``(flat (T, D), offsets (len(texts) + 1,))``, text
+    ``i`` owning rows ``offsets[i]:offsets[i + 1]`` (at least one). Stored once on disk in
+    float16 (as :func:`embed_sentences`), returned in float32.
+    """
+    import hashlib
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from alignfuse.data.cache import default_cache_dir
+
+    texts = list(texts)
+    key = hashlib.sha256(json.dumps(["tokens", path or DEFAULT_NAME, texts]).encode()).hexdigest()
+    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "sentence_embeddings"
+    file = folder / f"tokens-{key[:24]}.safetensors"
+    if file.is_file():
+        try:
+            stored = load_file(str(file))
+            if stored["offsets"].shape[0] == len(texts) + 1:
+                return stored["tokens"].float(), stored["offsets"]
+        except (SafetensorError, KeyError, OSError):
+            pass  # recomputed below
+    encoder = FrozenSentenceEncoder(path)
+    with torch.inference_mode():
+        parts = encoder._model.encode(
+            texts,
+            batch_size=encoder.batch_size,
+            output_value="token_embeddings",
+            convert_to_tensor=False,
+            show_progress_bar=show_progress,
+        )
+    parts = [p[1:-1] if len(p) > 2 else p for p in parts]  # drop [CLS] and [SEP]
+    lengths = torch.tensor([0, *(len(p) for p in parts)])
+    offsets = lengths.cumsum(0)
+    flat = torch.cat([p.float().cpu() for p in parts]) if parts else torch.zeros(0, encoder.out_dim)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.tmp")
+        save_file({"tokens": flat.half().contiguous(), "offsets": offsets}, str(tmp))
+        os.replace(tmp, file)
+    except OSError:
+        pass
+    return flat.half().float(), offsets

@@ -228,3 +228,88 @@ class ProjectionLinker(nn.Module):
             zi = y.reshape(b, m, -1)
         out = torch.einsum("bd,bmd->bm", F.normalize(zq, dim=-1), F.normalize(zi, dim=-1))
         return out.to(questions.dtype)
+
+
+@runtime_checkable
+class TokenScorer(Protocol):
+    """Scores a question against items from contextual token embeddings (fine-grained)."""
+
+    def score_tokens(
+        self, question: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+class _TokenHeads(nn.Module):
+    """Optional trained linear maps of question and item tokens (identity at the start)."""
+
+    def __init__(self, dim: int, trainable: bool) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.heads = nn.ModuleList()
+        if trainable:
+            for _ in range(2):
+                head = nn.Linear(dim, dim)
+                nn.init.eye_(head.weight)
+                nn.init.zeros_(head.bias)
+                self.heads.append(head)
+
+    def map(self, question: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not len(self.heads):
+            return question, items
+        return self.heads[0](question), self.heads[1](items)
+
+
+@MODELS.register("token_scan")
+class TokenSCANLinker(_TokenHeads):
+    """SCAN (Lee et al. 2018) between a question's tokens and each item's tokens: every word
+    of the item name attends to the question's tokens (text-to-image direction, the item as
+    the "caption"), log-sum-exp pooled; ``trainable=True`` adds a linear map per side
+    (identity at the start) trained with the configured candidate loss.
+
+    Args:
+        dim: token width (384 for MiniLM).
+        trainable: learn the two token maps.
+        lambda_softmax, lambda_lse: SCAN's attention and pooling temperatures.
+    """
+
+    def __init__(
+        self,
+        dim: int = 384,
+        trainable: bool = False,
+        lambda_softmax: float = 9.0,
+        lambda_lse: float = 6.0,
+    ) -> None:
+        super().__init__(dim, trainable)
+        from alignfuse.interaction.scan import SCAN
+
+        self.scan = SCAN("t2i", "lse", lambda_softmax, lambda_lse)
+
+    def score_tokens(
+        self, question: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``(Lq, D)`` question tokens against ``(M, L, D)`` item tokens: ``(M,)`` scores."""
+        q, i = self.map(question, items)
+        out: torch.Tensor = self.scan(q[None], i, None, item_mask)[0]
+        return out
+
+
+@MODELS.register("token_ot")
+class TokenOTLinker(_TokenHeads):
+    """Optimal transport between a question's tokens and each item's tokens: the score is
+    minus UNITER's word-region alignment distance (exact OT by IPOT under the cosine cost,
+    uniform weights over real tokens; Chen et al. 2020)."""
+
+    def __init__(self, dim: int = 384, trainable: bool = False, max_iter: int = 50) -> None:
+        super().__init__(dim, trainable)
+        self.max_iter = max_iter
+
+    def score_tokens(
+        self, question: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``(Lq, D)`` question tokens against ``(M, L, D)`` item tokens: ``(M,)`` scores."""
+        from alignfuse.transport.ipot import word_region_distance
+
+        q, i = self.map(question, items)
+        qs = q[None].expand(i.shape[0], -1, -1)
+        return -word_region_distance(i, qs, item_mask, None, max_iter=self.max_iter)

@@ -34,7 +34,13 @@ from alignfuse.config import ExperimentConfig, save_config
 from alignfuse.data.spider import LinkingData, LinkingExample, Schema
 from alignfuse.errors import ConfigError
 from alignfuse.metrics.linking import best_threshold, linking_metrics
-from alignfuse.models.linkers import EmbeddingScorer, PairFitScorer, TextScorer, item_texts
+from alignfuse.models.linkers import (
+    EmbeddingScorer,
+    PairFitScorer,
+    TextScorer,
+    TokenScorer,
+    item_texts,
+)
 from alignfuse.models.protocols import CandidateLoss
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS, check_arguments
@@ -73,11 +79,14 @@ def _kind_names(schema: Schema) -> dict[str, list[str]]:
 
 
 class _Embeddings:
-    """Sentence embeddings of every question and schema item of the splits (computed once,
-    cached on disk)."""
+    """Frozen-encoder features of every question and schema item of the splits, computed
+    once and cached on disk: sentence embeddings of questions and item serialisations, and
+    (``tokens=True``) contextual token embeddings of questions and item names."""
 
-    def __init__(self, splits: dict[str, LinkingData], cache_dir: str | None, progress: bool):
-        from alignfuse.encoders.pretrained import embed_sentences
+    def __init__(
+        self, splits: dict[str, LinkingData], cache_dir: str | None, progress: bool, tokens: bool
+    ) -> None:
+        from alignfuse.encoders.pretrained import embed_sentences, embed_tokens
 
         questions = sorted({e.question for d in splits.values() for e in d.examples})
         schemas: dict[tuple[str, str], Schema] = {}
@@ -85,18 +94,34 @@ class _Embeddings:
             for db, s in d.schemas.items():
                 schemas[(name, db)] = s
         texts: list[str] = []
+        names: list[str] = []
         self.items: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+        self.names: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
         for key in sorted(schemas):
             tables, columns = item_texts(schemas[key])
-            start = len(texts)
-            texts += tables
-            mid = len(texts)
-            texts += columns
-            self.items[key] = {"table": (start, mid), "column": (mid, len(texts))}
+            self.items[key] = {
+                "table": (len(texts), len(texts) + len(tables)),
+                "column": (len(texts) + len(tables), len(texts) + len(tables) + len(columns)),
+            }
+            texts += tables + columns
+            kinds = _kind_names(schemas[key])
+            self.names[key] = {
+                "table": (len(names), len(names) + len(kinds["table"])),
+                "column": (
+                    len(names) + len(kinds["table"]),
+                    len(names) + sum(map(len, kinds.values())),
+                ),
+            }
+            names += kinds["table"] + kinds["column"]
         self.q_index = {q: i for i, q in enumerate(questions)}
         self.questions = embed_sentences(questions, None, cache_dir, progress)
         self.item_vectors = embed_sentences(texts, None, cache_dir, progress)
         self.dim = int(self.item_vectors.shape[1])
+        self.tokens = tokens
+        if tokens:
+            self.q_tokens = embed_tokens(questions, None, cache_dir, progress)
+            self.name_tokens = embed_tokens(names, None, cache_dir, progress)
+        self._padded: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def question(self, text: str) -> torch.Tensor:
         return self.questions[self.q_index[text]]
@@ -104,6 +129,28 @@ class _Embeddings:
     def item(self, split: str, db: str, kind: str) -> torch.Tensor:
         lo, hi = self.items[(split, db)][kind]
         return self.item_vectors[lo:hi]
+
+    def question_tokens(self, text: str) -> torch.Tensor:
+        """``(L, D)`` tokens of a question."""
+        flat, off = self.q_tokens
+        i = self.q_index[text]
+        return flat[int(off[i]) : int(off[i + 1])]
+
+    def item_tokens(self, split: str, db: str, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(M, L, D)`` tokens of the database's item names, zero-padded, and their mask."""
+        key = (split, db, kind)
+        if key not in self._padded:
+            flat, off = self.name_tokens
+            lo, hi = self.names[(split, db)][kind]
+            parts = [flat[int(off[j]) : int(off[j + 1])] for j in range(lo, hi)]
+            width = max(len(p) for p in parts)
+            tokens = torch.zeros(len(parts), width, flat.shape[1])
+            mask = torch.zeros(len(parts), width, dtype=torch.bool)
+            for r, p in enumerate(parts):
+                tokens[r, : len(p)] = p
+                mask[r, : len(p)] = True
+            self._padded[key] = (tokens, mask)
+        return self._padded[key]
 
 
 @TASKS.register("schema_linking")
@@ -150,12 +197,12 @@ class SchemaLinkingTask:
 
     def build(self) -> tuple[nn.Module, nn.Module]:
         factory = MODELS.get(self.cfg.model.name).factory
-        if not (isinstance(factory, type) and issubclass(factory, (TextScorer, EmbeddingScorer))):
+        kinds = (TextScorer, EmbeddingScorer, TokenScorer)
+        if not (isinstance(factory, type) and issubclass(factory, kinds)):
             linkers = [
                 n
                 for n in MODELS.names()
-                if isinstance(f := MODELS.get(n).factory, type)
-                and issubclass(f, (TextScorer, EmbeddingScorer))
+                if isinstance(f := MODELS.get(n).factory, type) and issubclass(f, kinds)
             ]
             raise ConfigError(
                 f"model {self.cfg.model.name!r} is not a schema linker (linkers: {', '.join(linkers)})"
@@ -174,9 +221,12 @@ class SchemaLinkingTask:
                 "or triplet"
             )
         self.device = device
-        if isinstance(model, EmbeddingScorer) and self.embeddings is None:
+        tokens = isinstance(model, TokenScorer)
+        if isinstance(model, (EmbeddingScorer, TokenScorer)) and (
+            self.embeddings is None or (tokens and not self.embeddings.tokens)
+        ):
             self.embeddings = _Embeddings(
-                {"train": self.train, **self.splits}, self.cache_dir, progress=False
+                {"train": self.train, **self.splits}, self.cache_dir, False, tokens
             )
         if isinstance(model, PairFitScorer):  # closed form, on (question, gold item) pairs
             model.fit_pairs(*self.gold_pairs())
@@ -211,34 +261,56 @@ class SchemaLinkingTask:
         b = self.batch_questions
         rows = self._order[1][index * b : (index + 1) * b]
         examples = [self.train.examples[int(i)] for i in rows]
-        emb = self.embeddings
-        assert emb is not None
-        cands = [
-            torch.cat([emb.item("train", e.db_id, "table"), emb.item("train", e.db_id, "column")])
-            for e in examples
-        ]
-        width = max(c.shape[0] for c in cands)
-        items = torch.zeros(len(examples), width, emb.dim)
+        sizes = [self.train.schemas[e.db_id] for e in examples]
+        width = max(s.n_tables + s.n_columns for s in sizes)
         valid = torch.zeros(len(examples), width, dtype=torch.bool)
         positive = torch.zeros_like(valid)
-        for r, (e, c) in enumerate(zip(examples, cands, strict=True)):
-            items[r, : c.shape[0]] = c
-            valid[r, : c.shape[0]] = True
-            n_tables = self.train.schemas[e.db_id].n_tables
+        for r, (e, schema) in enumerate(zip(examples, sizes, strict=True)):
+            valid[r, : schema.n_tables + schema.n_columns] = True
             positive[r, list(e.tables)] = True
-            positive[r, [n_tables + j for j in e.columns]] = True
-        questions = torch.stack([emb.question(e.question) for e in examples])
+            positive[r, [schema.n_tables + j for j in e.columns]] = True
         return {
-            "questions": questions.to(self.device),
-            "items": items.to(self.device),
+            "examples": examples,
             "valid": valid.to(self.device),
             "positive": positive.to(self.device),
         }
 
-    def step(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> LossOutput:
+    def candidate_scores(
+        self, model: nn.Module, split: str, examples: list[LinkingExample]
+    ) -> dict[str, list[torch.Tensor]]:
+        """Each question's scores over its database's tables and columns (with gradients)."""
+        emb = self.embeddings
+        assert emb is not None
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
+        if isinstance(model, TokenScorer):
+            for e in examples:
+                q = emb.question_tokens(e.question).to(self.device)
+                for kind in KINDS:
+                    tokens, mask = emb.item_tokens(split, e.db_id, kind)
+                    out[kind].append(
+                        model.score_tokens(q, tokens.to(self.device), mask.to(self.device))
+                    )
+            return out
         assert isinstance(model, EmbeddingScorer)
-        scores = model.score_embeddings(batch["questions"], batch["items"])
-        out: LossOutput = loss_fn.from_candidates(scores, batch["positive"], batch["valid"])  # type: ignore[operator]
+        q = torch.stack([emb.question(e.question) for e in examples]).to(self.device)
+        for kind in KINDS:
+            items = [emb.item(split, e.db_id, kind) for e in examples]
+            width = max(len(i) for i in items)
+            padded = torch.zeros(len(items), width, emb.dim)
+            for r, i in enumerate(items):
+                padded[r, : len(i)] = i
+            scores = model.score_embeddings(q, padded.to(self.device))
+            out[kind] = [scores[r, : len(i)] for r, i in enumerate(items)]
+        return out
+
+    def step(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> LossOutput:
+        parts = self.candidate_scores(model, "train", batch["examples"])
+        valid = batch["valid"]
+        scores = torch.zeros(valid.shape, device=self.device)
+        for r, (t, c) in enumerate(zip(parts["table"], parts["column"], strict=True)):
+            row = torch.cat([t, c])
+            scores[r, : len(row)] = row
+        out: LossOutput = loss_fn.from_candidates(scores, batch["positive"], valid)  # type: ignore[operator]
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -257,13 +329,10 @@ class SchemaLinkingTask:
                     for kind in KINDS:
                         out[kind].append(model.score_items(e.question, names[e.db_id][kind]))
                 return out
-            assert isinstance(model, EmbeddingScorer) and self.embeddings is not None
-            key = split
-            for e in data.examples:
-                q = self.embeddings.question(e.question).to(self.device)[None]
+            for lo in range(0, len(data.examples), 256):
+                chunk = self.candidate_scores(model, split, data.examples[lo : lo + 256])
                 for kind in KINDS:
-                    items = self.embeddings.item(key, e.db_id, kind).to(self.device)[None]
-                    out[kind].append(model.score_embeddings(q, items)[0].cpu().numpy())
+                    out[kind] += [v.cpu().numpy() for v in chunk[kind]]
             return out
         finally:
             model.train(was_training)
