@@ -245,3 +245,56 @@ def test_token_linkers_are_scan_and_ot_on_the_tokens():
     ot = TokenOTLinker(16).score_tokens(q, items, mask)
     ref = -word_region_distance(items, q[None].expand(4, -1, -1), mask, None)
     assert torch.allclose(ot, ref)
+
+
+def test_cli_evaluates_a_linker_run_on_any_question_file_and_ranks_from_python(
+    spider_root, tmp_path, capsys
+):
+    import subprocess
+    import sys
+
+    from alignfuse.engine.fit import load_run
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        f"""
+name: s
+base:
+  task: {{name: schema_linking, args: {{val_fraction: 0.5}}}}
+  data: {{name: spider_linking, args: {{root: {spider_root}}}}}
+experiments:
+  - {{name: match, model: {{name: string_match}}}}
+"""
+    )
+    run_suite(load_suite(str(suite)), tmp_path / "out", progress=False, log=lambda m: None)
+    run = tmp_path / "out" / "experiments" / "match"
+    rows = [
+        {
+            "db_id": "pets",
+            "question": "List the names of the students.",
+            "query": "SELECT name FROM student",
+        },
+        {"db_id": "pets", "question": "How old are the pets?", "query": "SELECT pet_age FROM pet"},
+        {"db_id": "nope", "question": "x", "query": "SELECT 1"},
+    ]
+    qfile = tmp_path / "mine.json"
+    qfile.write_text(json.dumps(rows))
+    tables = spider_root / "spider-syn" / "tables.json"
+    cmd = [sys.executable, "-m", "alignfuse.cli", "eval", str(run)]
+    done = subprocess.run(
+        [*cmd, "--questions", str(qfile), "--tables", str(tables)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 of 3 questions skipped (first: entry 2: unknown db_id 'nope')" in done.stderr
+    metrics = json.loads((run / "eval-mine.json").read_text())
+    assert metrics["file/questions"] == 2 and "file/column_auc" in metrics
+    bad = subprocess.run([*cmd, "--questions", str(qfile)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--questions and --tables go together" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    fit = load_run(run)
+    schema = Schema.from_json(PETS)
+    ranked = fit.task.rank(fit.model, "What is the age of each pet?", schema)
+    assert len(ranked) == schema.n_tables + schema.n_columns
+    assert {r[:2] for r in ranked[:2]} == {("table", "pet"), ("column", "pet.pet age")}
+    assert ranked[0][2] == ranked[1][2] == 1.0 > ranked[2][2]
+    assert [r[2] for r in ranked] == sorted((r[2] for r in ranked), reverse=True)

@@ -2,7 +2,7 @@
 
 alignfuse bench [--suite NAME|FILE] [--out DIR] [overrides ...]
 alignfuse train CONFIG [overrides ...] [--out DIR] [--resume]
-alignfuse eval RUN_DIR
+alignfuse eval RUN_DIR [--splits ...] [--questions FILE --tables FILE]
 alignfuse data shapes --out DIR [--format karpathy|webdataset] [--n-train N] [--seed S] ...
 alignfuse list [FAMILY]
 """
@@ -116,26 +116,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from alignfuse.config import load_config
-    from alignfuse.engine import latest_checkpoint, load_checkpoint
-    from alignfuse.engine.fit import Fit
-    from alignfuse.tasks import create_task
+    from alignfuse.engine.fit import load_run
 
     run = Path(args.run_dir)
-    if not (run / "config.yaml").is_file():
-        raise AlignfuseError(f"{run} is not a run folder (no config.yaml)")
-    cfg = load_config(run / "config.yaml")
+    fit = load_run(run)
     if args.splits:
-        cfg.eval = dataclasses.replace(cfg.eval, splits=list(args.splits))
-    ckpt = latest_checkpoint(run / "checkpoints")
-    if ckpt is None:
-        raise AlignfuseError(f"{run} holds no checkpoint")
-    fit = Fit(create_task(cfg, run_dir=run), run, progress=False)
-    tensors, _, _ = load_checkpoint(ckpt)
-    fit.load_weights(tensors)
-    metrics, _ = fit.task.evaluate(fit.model)
-    (run / "eval.json").write_text(json.dumps(metrics, indent=1))
+        fit.cfg.eval = dataclasses.replace(fit.cfg.eval, splits=list(args.splits))
+    if args.questions or args.tables:
+        from alignfuse.data.spider import load_spider
+        from alignfuse.tasks.schema_linking import SchemaLinkingTask
+
+        if not isinstance(fit.task, SchemaLinkingTask):
+            raise AlignfuseError(
+                f"--questions / --tables evaluate a schema linker; {run} is a "
+                f"{fit.cfg.task.name!r} run"
+            )
+        if not (args.questions and args.tables):
+            raise AlignfuseError(
+                "--questions and --tables go together (a Spider-format file and its tables.json)"
+            )
+        data = load_spider(args.questions, args.tables, args.question_field)
+        if data.errors:
+            print(
+                f"alignfuse: {len(data.errors)} of {len(data.errors) + len(data)} questions "
+                f"skipped (first: entry {data.errors[0][0]}: {data.errors[0][1]})",
+                file=sys.stderr,
+            )
+        metrics = fit.task.evaluate_file(fit.model, data)
+        out = run / f"eval-{Path(args.questions).stem}.json"
+    else:
+        metrics, _ = fit.task.evaluate(fit.model)
+        out = run / "eval.json"
+    out.write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -231,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate the last checkpoint of a run folder")
     e.add_argument("run_dir")
     e.add_argument("--splits", nargs="*", help="splits to evaluate (default: the config's)")
+    e.add_argument("--questions", help="schema linking: a Spider-format questions file")
+    e.add_argument("--tables", help="schema linking: the tables.json of its databases")
+    e.add_argument(
+        "--question-field",
+        help="schema linking: question, SpiderQuestion or SpiderSynQuestion (default: auto)",
+    )
     e.set_defaults(func=_cmd_eval)
 
     al = sub.add_parser("align", help="fit a correlation method on two views (.npy / .npz)")

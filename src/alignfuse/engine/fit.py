@@ -566,3 +566,29 @@ def fit_module(
     fit = Fit(task, checkpoint_dir, progress=progress, log=lambda msg: None, seed=seed is not None)
     history = fit.fit(resume=checkpoint_dir is not None)
     return fit.model.eval(), history.epochs
+
+
+def load_run(run_dir: str | Path, progress: bool = False) -> Fit:
+    """The loop of a finished (or interrupted) run folder, its model holding the weights of
+    the latest checkpoint; a model with nothing to train needs none.
+
+    Raises:
+        CheckpointError: the folder holds no config, or no checkpoint for a trained model.
+    """
+    from alignfuse.config import load_config
+    from alignfuse.tasks import create_task
+
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise CheckpointError(f"{run} is not a run folder (no config.yaml)")
+    cfg = load_config(run / "config.yaml")
+    fit = Fit(create_task(cfg, run_dir=run), None, progress=progress, log=lambda msg: None)
+    fit.run_dir = run
+    ckpt = latest_checkpoint(run / "checkpoints")
+    if ckpt is not None:
+        tensors, _, _ = load_checkpoint(ckpt)
+        fit.load_weights(tensors)
+    elif fit.trainable:
+        raise CheckpointError(f"{run} holds no checkpoint")
+    fit.model.eval()
+    return fit

@@ -80,77 +80,70 @@ def _kind_names(schema: Schema) -> dict[str, list[str]]:
 
 class _Embeddings:
     """Frozen-encoder features of every question and schema item of the splits, computed
-    once and cached on disk: sentence embeddings of questions and item serialisations, and
-    (``tokens=True``) contextual token embeddings of questions and item names."""
+    once per split and cached on disk: sentence embeddings of questions and item
+    serialisations, and (``tokens=True``) contextual token embeddings of questions and item
+    names."""
 
-    def __init__(
-        self, splits: dict[str, LinkingData], cache_dir: str | None, progress: bool, tokens: bool
-    ) -> None:
+    def __init__(self, cache_dir: str | None, tokens: bool) -> None:
+        self.cache_dir, self.tokens = cache_dir, tokens
+        self.q_vectors: dict[str, torch.Tensor] = {}
+        self.q_token: dict[str, torch.Tensor] = {}
+        self.vectors: dict[tuple[str, str, str], torch.Tensor] = {}
+        self.name_token: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.dim = 0
+
+    def add(self, split: str, data: LinkingData) -> None:
+        """Embed the questions and schemas of one split (from the disk cache if there)."""
         from alignfuse.encoders.pretrained import embed_sentences, embed_tokens
 
-        questions = sorted({e.question for d in splits.values() for e in d.examples})
-        schemas: dict[tuple[str, str], Schema] = {}
-        for name, d in splits.items():
-            for db, s in d.schemas.items():
-                schemas[(name, db)] = s
-        texts: list[str] = []
-        names: list[str] = []
-        self.items: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
-        self.names: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
-        for key in sorted(schemas):
-            tables, columns = item_texts(schemas[key])
-            self.items[key] = {
-                "table": (len(texts), len(texts) + len(tables)),
-                "column": (len(texts) + len(tables), len(texts) + len(tables) + len(columns)),
-            }
-            texts += tables + columns
-            kinds = _kind_names(schemas[key])
-            self.names[key] = {
-                "table": (len(names), len(names) + len(kinds["table"])),
-                "column": (
-                    len(names) + len(kinds["table"]),
-                    len(names) + sum(map(len, kinds.values())),
-                ),
-            }
-            names += kinds["table"] + kinds["column"]
-        self.q_index = {q: i for i, q in enumerate(questions)}
-        self.questions = embed_sentences(questions, None, cache_dir, progress)
-        self.item_vectors = embed_sentences(texts, None, cache_dir, progress)
-        self.dim = int(self.item_vectors.shape[1])
-        self.tokens = tokens
-        if tokens:
-            self.q_tokens = embed_tokens(questions, None, cache_dir, progress)
-            self.name_tokens = embed_tokens(names, None, cache_dir, progress)
-        self._padded: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        questions = sorted({e.question for e in data.examples})
+        vecs = embed_sentences(questions, None, self.cache_dir)
+        self.q_vectors.update(zip(questions, vecs, strict=True))
+        self.dim = int(vecs.shape[1])
+        texts, names, keys = [], [], []
+        for db in sorted(data.schemas):
+            tables, columns = item_texts(data.schemas[db])
+            kinds = _kind_names(data.schemas[db])
+            for kind, t in (("table", tables), ("column", columns)):
+                keys.append(((split, db, kind), len(t)))
+                texts += t
+                names += kinds[kind]
+        item_vecs = embed_sentences(texts, None, self.cache_dir)
+        start = 0
+        for key, n in keys:
+            self.vectors[key] = item_vecs[start : start + n]
+            start += n
+        if not self.tokens:
+            return
+        flat, off = embed_tokens(questions, None, self.cache_dir)
+        for i, q in enumerate(questions):
+            self.q_token[q] = flat[int(off[i]) : int(off[i + 1])]
+        flat, off = embed_tokens(names, None, self.cache_dir)
+        start = 0
+        for key, n in keys:
+            parts = [flat[int(off[j]) : int(off[j + 1])] for j in range(start, start + n)]
+            start += n
+            width = max(len(p) for p in parts)
+            padded = torch.zeros(len(parts), width, flat.shape[1])
+            mask = torch.zeros(len(parts), width, dtype=torch.bool)
+            for r, part in enumerate(parts):
+                padded[r, : len(part)] = part
+                mask[r, : len(part)] = True
+            self.name_token[key] = (padded, mask)
 
     def question(self, text: str) -> torch.Tensor:
-        return self.questions[self.q_index[text]]
+        return self.q_vectors[text]
 
     def item(self, split: str, db: str, kind: str) -> torch.Tensor:
-        lo, hi = self.items[(split, db)][kind]
-        return self.item_vectors[lo:hi]
+        return self.vectors[(split, db, kind)]
 
     def question_tokens(self, text: str) -> torch.Tensor:
         """``(L, D)`` tokens of a question."""
-        flat, off = self.q_tokens
-        i = self.q_index[text]
-        return flat[int(off[i]) : int(off[i + 1])]
+        return self.q_token[text]
 
     def item_tokens(self, split: str, db: str, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(M, L, D)`` tokens of the database's item names, zero-padded, and their mask."""
-        key = (split, db, kind)
-        if key not in self._padded:
-            flat, off = self.name_tokens
-            lo, hi = self.names[(split, db)][kind]
-            parts = [flat[int(off[j]) : int(off[j + 1])] for j in range(lo, hi)]
-            width = max(len(p) for p in parts)
-            tokens = torch.zeros(len(parts), width, flat.shape[1])
-            mask = torch.zeros(len(parts), width, dtype=torch.bool)
-            for r, p in enumerate(parts):
-                tokens[r, : len(p)] = p
-                mask[r, : len(p)] = True
-            self._padded[key] = (tokens, mask)
-        return self._padded[key]
+        return self.name_token[(split, db, kind)]
 
 
 @TASKS.register("schema_linking")
@@ -221,13 +214,10 @@ class SchemaLinkingTask:
                 "or triplet"
             )
         self.device = device
-        tokens = isinstance(model, TokenScorer)
-        if isinstance(model, (EmbeddingScorer, TokenScorer)) and (
-            self.embeddings is None or (tokens and not self.embeddings.tokens)
-        ):
-            self.embeddings = _Embeddings(
-                {"train": self.train, **self.splits}, self.cache_dir, False, tokens
-            )
+        if isinstance(model, (EmbeddingScorer, TokenScorer)):
+            self.embeddings = _Embeddings(self.cache_dir, tokens=isinstance(model, TokenScorer))
+            for name, split in {"train": self.train, **self.splits}.items():
+                self.embeddings.add(name, split)
         if isinstance(model, PairFitScorer):  # closed form, on (question, gold item) pairs
             model.fit_pairs(*self.gold_pairs())
 
@@ -384,6 +374,54 @@ class SchemaLinkingTask:
             for split in ("dev", "syn")
         }
         return metrics, examples
+
+    def evaluate_file(self, model: nn.Module, data: LinkingData) -> dict[str, float]:
+        """Metrics of the linker on any Spider-format question file (at the thresholds
+        chosen on ``val``), as ``file/<kind>_<metric>``."""
+        if not len(data):
+            raise ConfigError("the question file holds no usable question")
+        self.splits["file"] = data
+        if self.embeddings is not None:
+            self.embeddings.add("file", data)
+        val = self.scores(model, "val")
+        gold_val = self.gold(self.splits["val"].examples)
+        scores = self.scores(model, "file")
+        gold = self.gold(data.examples)
+        out: dict[str, float] = {"file/questions": float(len(data))}
+        for kind in KINDS:
+            m = linking_metrics(
+                scores[kind],
+                gold[kind],
+                ks=self.ks,
+                threshold=best_threshold(val[kind], gold_val[kind]),
+            )
+            out.update({f"file/{kind}_{k}": v for k, v in m.items()})
+        return out
+
+    def rank(self, model: nn.Module, question: str, schema: Schema) -> list[tuple[str, str, float]]:
+        """The schema's tables and columns for one question, best first, as ``(kind, name,
+        score)`` (a column named ``table.column``): for a user's own text-to-SQL system."""
+        one = LinkingData(
+            [LinkingExample(0, schema.db_id, question, "", frozenset(), frozenset())],
+            {schema.db_id: schema},
+        )
+        self.splits["query"] = one
+        if self.embeddings is not None:
+            self.embeddings.add("query", one)
+        scores = self.scores(model, "query")
+        names = {
+            "table": list(schema.tables),
+            "column": [
+                f"{schema.tables[schema.column_tables[c]]}.{n}"
+                for c, n in enumerate(schema.column_names)
+            ],
+        }
+        out = [
+            (kind, names[kind][i], float(v))
+            for kind in KINDS
+            for i, v in enumerate(scores[kind][0])
+        ]
+        return sorted(out, key=lambda x: -x[2])
 
     def headline(self, metrics: dict[str, float]) -> str:
         return (
