@@ -49,3 +49,23 @@ def test_double_registration_is_an_error():
     reg.register("x")(object)
     with pytest.raises(ValueError, match="registered twice"):
         reg.register("x")(object)
+
+
+def test_every_registered_dataset_is_listed_after_a_plain_import():
+    import subprocess
+    import sys
+
+    code = "import alignfuse; print(alignfuse.list_datasets())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    for name in ("digits_twoview", "twoview_files", "clips", "spider", "spider_linking"):
+        assert name in out.stdout
+
+
+def test_list_summaries_are_whole_sentences():
+    from alignfuse.registry import _first_line
+
+    def f():
+        """Noisy two-view digits (Wang et al. 2015 protocol on
+        8x8 digits). More text."""
+
+    assert _first_line(f) == "Noisy two-view digits (Wang et al. 2015 protocol on 8x8 digits)."

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -37,9 +38,15 @@ class Entry(Generic[T]):
     summary: str
 
 
+_SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.\s+(?=[A-Z`(])")
+
+
 def _first_line(obj: Any) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    """The first sentence of a docstring's first paragraph (it may wrap over lines)."""
+    doc = (inspect.getdoc(obj) or "").strip()
+    paragraph = " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
+    end = _SENTENCE_END.search(paragraph)
+    return paragraph[: end.start() + 1] if end else paragraph
 
 
 def suggest(name: str, choices: list[str]) -> str:
