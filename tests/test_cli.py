@@ -92,3 +92,30 @@ def test_python_m_entry_point():
         [sys.executable, "-m", "alignfuse.cli", "list", "losses"], capture_output=True, text=True
     )
     assert res.returncode == 0 and "triplet" in res.stdout
+
+
+def test_kind_suites_take_dotted_overrides_of_their_own_keys(tmp_path, capsys):
+    from alignfuse.cli import main
+
+    out = tmp_path / "corr"
+    code = main(
+        [
+            "bench",
+            "--suite",
+            "correlation",
+            "--out",
+            str(out),
+            "components=2",
+            "methods=[{name: cca, method: cca}]",
+        ]
+    )
+    assert code == 0
+    saved = (out / "suite.yaml").read_text()  # the resolved suite, next to the results
+    assert "components: 2" in saved
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["cca"]
+    assert main(["bench", "--suite", "fusion", "--out", str(tmp_path / "f"), "vqa.epochz=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'vqa.epochz' in suite 'fusion'; did you mean 'vqa.epochs'?" in err
+    assert main(["bench", "--suite", "fusion", "--out", str(tmp_path / "f"), "vqa.epochs=["]) == 2
+    assert "the value is not valid YAML" in capsys.readouterr().err

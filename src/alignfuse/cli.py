@@ -62,9 +62,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         (is_mvae_suite, run_mvae_suite),
     ):
         if is_kind(args.suite):
-            if args.overrides:
-                raise AlignfuseError("this suite takes no dotted overrides; edit its YAML")
-            run(args.suite, Path(args.out) if args.out else Path("runs") / Path(args.suite).stem)
+            out = Path(args.out) if args.out else Path("runs") / Path(args.suite).stem
+            suite_path = args.suite
+            if args.overrides:  # the suite file with its keys overridden, saved in the run
+                import yaml
+
+                from alignfuse.bench.suite import override_suite_file, read_suite_file
+
+                raw = override_suite_file(read_suite_file(args.suite), args.overrides, args.suite)
+                out.mkdir(parents=True, exist_ok=True)
+                suite_path = str(out / "suite.yaml")
+                Path(suite_path).write_text(yaml.safe_dump(raw, sort_keys=False))
+            run(suite_path, out)
             return 0
     suite = load_suite(args.suite, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / suite.name

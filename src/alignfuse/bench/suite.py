@@ -118,3 +118,41 @@ def check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in section:
         if key not in allowed:
             raise ConfigError(f"unknown {where} key {key!r}{suggest(key, sorted(allowed))}")
+
+
+def override_suite_file(raw: Any, overrides: list[str], name: str) -> dict[str, Any]:
+    """A suite file's mapping with dotted ``key.sub=value`` overrides (values read as
+    YAML). Only keys the file already has can be overridden (a kind suite's runner reads
+    some sections without checking them, so a misspelt key would otherwise be ignored); an
+    unknown key names the closest one the file has."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite {name!r} is not a YAML mapping")
+    out: dict[str, Any] = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = out
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict):
+                where = ".".join(parts[:depth])
+                raise ConfigError(f"suite {name!r}: {where!r} is not a mapping, cannot set {key!r}")
+            if part not in node:
+                here = ".".join(parts[:depth])
+                valid = [f"{here}.{k}" if here else str(k) for k in node]
+                raise ConfigError(
+                    f"unknown key {key!r} in suite {name!r}{suggest(key, valid)} (keys the "
+                    "suite file has can be overridden)"
+                )
+            if depth == len(parts) - 1:
+                try:
+                    node[part] = yaml.safe_load(text) if text.strip() else ""
+                except yaml.YAMLError as err:
+                    first = str(err).splitlines()[0]
+                    raise ConfigError(
+                        f"override {item!r}: the value is not valid YAML ({first})"
+                    ) from None
+            else:
+                node = node[part]
+    return out
