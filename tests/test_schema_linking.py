@@ -179,6 +179,11 @@ experiments:
     assert "dev column AUC" in board and "none (not trained)" in board
     assert (tmp_path / "out" / "gaps.png").is_file()
     assert list((tmp_path / "emb").glob("*.safetensors"))  # the embeddings were cached
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "Where scan finds each column" in report
+        and (tmp_path / "out" / "attention_scan.png").is_file()
+    )
 
 
 def test_bad_settings_are_named(spider_root):
@@ -242,6 +247,20 @@ def test_token_linkers_are_scan_and_ot_on_the_tokens():
     assert int(s.argmax()) == 0
     trained = TokenSCANLinker(16, trainable=True)
     assert torch.allclose(trained.score_tokens(q, items, mask), s, atol=1e-5)  # identity start
+    amap = TokenSCANLinker(16).attention_map(q, items, mask)
+    assert amap.shape == (4, 7) and torch.allclose(amap.sum(1), torch.ones(4))
+    # SCAN's equations by hand for each item: cosines of its real words with the question's
+    # tokens, clipped and normalised over the words, a softmax over the question's tokens
+    for m in range(4):
+        words_m = items[m][mask[m]]
+        cos = (
+            torch.nn.functional.normalize(words_m, dim=-1)
+            @ torch.nn.functional.normalize(q, dim=-1).T
+        )
+        pos = cos.clamp_min(0)
+        norm = pos / (pos.pow(2).sum(0, keepdim=True).sqrt() + 1e-8)
+        want_m = torch.softmax(9.0 * norm, dim=1).mean(0)
+        assert torch.allclose(amap[m], want_m, atol=1e-6), m
     ot = TokenOTLinker(16).score_tokens(q, items, mask)
     ref = -word_region_distance(items, q[None].expand(4, -1, -1), mask, None)
     assert torch.allclose(ot, ref)

@@ -293,6 +293,28 @@ class TokenSCANLinker(_TokenHeads):
         out: torch.Tensor = self.scan(q[None], i, None, item_mask)[0]
         return out
 
+    def attention_map(
+        self, question: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``(M, Lq)``: SCAN's attention of each item's words over the question's tokens,
+        averaged over the item's words (where in the question each item is found)."""
+        from alignfuse.interaction.recurrent import attention_weights
+
+        q, i = self.map(question, items)
+        qm = torch.ones(1, q.shape[0], dtype=torch.bool, device=q.device)
+        alpha = attention_weights(i, q[None], item_mask, qm, self.scan.lambda_softmax)[:, 0]
+        weights = item_mask.to(alpha.dtype)
+        return (alpha * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+
+
+@runtime_checkable
+class AttentionMapper(Protocol):
+    """A token linker that shows where in the question it finds each item."""
+
+    def attention_map(
+        self, question: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor
+    ) -> torch.Tensor: ...
+
 
 @MODELS.register("token_ot")
 class TokenOTLinker(_TokenHeads):

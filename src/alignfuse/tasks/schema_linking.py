@@ -35,6 +35,7 @@ from alignfuse.data.spider import LinkingData, LinkingExample, Schema
 from alignfuse.errors import ConfigError
 from alignfuse.metrics.linking import best_threshold, linking_metrics
 from alignfuse.models.linkers import (
+    AttentionMapper,
     EmbeddingScorer,
     PairFitScorer,
     TextScorer,
@@ -366,14 +367,51 @@ class SchemaLinkingTask:
             metrics[f"{group}/questions"] = float(len(rows))
         for kind in KINDS:
             metrics[f"threshold/{kind}"] = thresholds[kind]
-        examples = {
-            split: (
-                self.splits[split].examples[:200],
-                {k: v[:200] for k, v in scores[split].items()},
-            )
-            for split in ("dev", "syn")
-        }
-        return metrics, examples
+        maps = self.attention_maps(model, scores) if isinstance(model, AttentionMapper) else []
+        return metrics, {"maps": maps}
+
+    @torch.no_grad()
+    def attention_maps(
+        self,
+        model: nn.Module,
+        scores: dict[str, dict[str, list[np.ndarray]]],
+        n: int = 3,
+        top: int = 6,
+    ) -> list[dict[str, Any]]:
+        """For the first ``n`` dev questions with a gold column, and their Spider-Syn
+        versions: the question's word pieces, its ``top`` columns by score and where in the
+        question the linker attends for each."""
+        from alignfuse.encoders.pretrained import FrozenSentenceEncoder
+
+        assert isinstance(model, AttentionMapper) and self.embeddings is not None
+        tokenizer = FrozenSentenceEncoder()._model.tokenizer
+        picked = [i for i, e in enumerate(self.splits["dev"].examples) if e.columns][:n]
+        out = []
+        for i in picked:
+            for split in ("dev", "syn"):
+                e = self.splits[split].examples[i]
+                schema = self.splits[split].schemas[e.db_id]
+                order = np.argsort(-scores[split]["column"][i], kind="mergesort")[:top]
+                tokens, mask = self.embeddings.item_tokens(split, e.db_id, "column")
+                q = self.embeddings.question_tokens(e.question).to(self.device)
+                sel = torch.as_tensor(order.copy())
+                amap = model.attention_map(
+                    q, tokens[sel].to(self.device), mask[sel].to(self.device)
+                )
+                out.append(
+                    {
+                        "split": split,
+                        "question": e.question,
+                        "tokens": tokenizer.tokenize(e.question)[: q.shape[0]],
+                        "items": [
+                            f"{schema.tables[schema.column_tables[c]]}.{schema.column_names[c]}"
+                            for c in order
+                        ],
+                        "gold": [bool(c in e.columns) for c in order],
+                        "map": amap.cpu().numpy(),
+                    }
+                )
+        return out
 
     def evaluate_file(self, model: nn.Module, data: LinkingData) -> dict[str, float]:
         """Metrics of the linker on any Spider-format question file (at the thresholds
@@ -506,8 +544,41 @@ class SchemaLinkingTask:
             "## Spider-DK by knowledge type (column AUC / column coverage@5, %)\n\n"
             "T0: no domain knowledge; T1-T5: the paper's five types (Gan et al. 2021).\n\n"
             f"{markdown_table(dk_head, dk_rows)}\n"
-            "## Column AUC per split\n\n![gaps](gaps.png)\n"
+            "## Column AUC per split\n\n![gaps](gaps.png)\n" + _maps_section(artefacts, out)
         )
+
+
+def _maps_section(artefacts: dict[str, Any], out: Path) -> str:
+    """Figures of where token linkers attend in a few questions (dev and Spider-Syn)."""
+    from alignfuse.bench.report import pyplot
+
+    parts = []
+    for name, art in artefacts.items():
+        maps = art[1]["maps"] if art is not None else []
+        if not maps:
+            continue
+        plt = pyplot()
+        fig, axes = plt.subplots(
+            len(maps) // 2, 2, figsize=(13, 2.6 * (len(maps) // 2)), squeeze=False
+        )
+        for ax, m in zip(axes.ravel(), maps, strict=True):
+            ax.imshow(m["map"], aspect="auto", cmap="viridis", vmin=0)
+            ax.set_xticks(range(len(m["tokens"])), m["tokens"], rotation=60, fontsize=7)
+            labels = [
+                f"{'* ' if g else ''}{item}" for item, g in zip(m["items"], m["gold"], strict=True)
+            ]
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.set_title(f"{m['split']}: {m['question'][:70]}", fontsize=8)
+        fig.tight_layout()
+        fname = f"attention_{name}.png"
+        fig.savefig(out / fname, dpi=100)
+        plt.close(fig)
+        parts.append(
+            f"\n## Where {name} finds each column\n\nSCAN's attention of each column name's words "
+            "over the question's word pieces (rows: the question's top columns by score, gold "
+            f"ones starred), dev questions and their Spider-Syn versions.\n\n![{name}]({fname})\n"
+        )
+    return "".join(parts)
 
 
 def _pct(metrics: dict[str, float], key: str, base: str | None = None) -> str:
