@@ -21,7 +21,7 @@ from alignfuse.models.linkers import (
     words,
 )
 from alignfuse.tasks import create_task
-from test_spider import PETS
+from test_spider import P_ID, P_OWNER, PET, PETS, S_ID
 
 
 def test_words_fold_plurals_and_punctuation():
@@ -164,10 +164,14 @@ experiments:
   - {{name: dual, model: {{name: schema_dual_encoder}}, loss: {{name: info_nce}}}}
   - {{name: cca, model: {{name: projection_linker, args: {{n_components: 8}}}}}}
   - {{name: scan, model: {{name: token_scan, args: {{trainable: true}}}}, loss: {{name: info_nce}}}}
+  - {{name: graph, model: {{name: schema_graph_encoder}}, loss: {{name: sigmoid}}}}
 """
     )
     rows = run_suite(load_suite(str(suite)), tmp_path / "out", progress=False, log=lambda m: None)
-    cosine, dual, cca, scan = rows
+    cosine, dual, cca, scan, graph = rows
+    assert (
+        graph["steps"] == 3 * 2 and graph["history"]["epochs"][-1] < graph["history"]["epochs"][0]
+    )
     assert scan["steps"] == 3 * 2 and 0 <= scan["metrics"]["syn/column_auc"] <= 1
     assert cosine["steps"] == 0 and dual["steps"] == 3 * 2 and cca["steps"] == 0
     assert 0 <= cca["metrics"]["dev/column_auc"] <= 1
@@ -317,3 +321,29 @@ experiments:
     # the table's name occurs whole; every word of "pet pet age" does, not as a phrase
     assert ranked[:2] == [("table", "pet", 1.0), ("column", "pet.pet age", 0.5)]
     assert [r[2] for r in ranked] == sorted((r[2] for r in ranked), reverse=True)
+
+
+def test_schema_graph_and_the_relation_aware_encoder():
+    from alignfuse.models.linkers import SchemaGraphEncoder, schema_graph
+
+    schema = Schema.from_json(PETS)
+    g = schema_graph(schema)  # 3 tables then 8 columns
+    assert g.shape == (11, 11) and torch.allclose(g.sum(1), torch.ones(11))
+    # the pet table's neighbours: its three columns, equally
+    assert torch.allclose(g[PET, 3 + P_ID], torch.tensor(1 / 3))
+    # owner id: its table and the student id it refers to
+    assert g[3 + P_OWNER, PET] == 0.5 and g[3 + P_OWNER, 3 + S_ID] == 0.5
+    gen = torch.Generator().manual_seed(0)
+    q, items = torch.randn(8, generator=gen), torch.randn(11, 8, generator=gen)
+    model = SchemaGraphEncoder(8, rounds=2)
+    cos = torch.nn.functional.cosine_similarity(q[None], items, dim=-1)
+    assert torch.allclose(model.score_graph(q, items, g), cos, atol=1e-6)  # zero messages
+    with torch.no_grad():
+        for m in model.messages:
+            m.weight.copy_(torch.eye(8))
+    h = items + g @ items
+    h = h + g @ h
+    want = torch.nn.functional.cosine_similarity(q[None], h, dim=-1)
+    assert torch.allclose(model.score_graph(q, items, g), want, atol=1e-5)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        SchemaGraphEncoder(8, rounds=0)

@@ -11,7 +11,12 @@ Two kinds, told apart by what they score (:class:`TextScorer`, :class:`Embedding
   ``schema_dual_encoder`` (a trained linear head per side, initialised to the identity so
   training starts from the zero-shot linker; Karpukhin et al. 2020's dual encoder, here
   with several positives per question), and ``projection_linker`` (explicit alignment: CCA
-  or Procrustes fitted in closed form on the training (question, gold item) pairs).
+  or Procrustes fitted in closed form on the training (question, gold item) pairs), and
+  ``schema_graph_encoder`` (relation-aware: items exchange information along the schema
+  graph before the heads, after RAT-SQL);
+- on contextual token embeddings: ``token_scan`` (SCAN's stacked cross attention) and
+  ``token_ot`` (optimal transport, UNITER's word-region alignment), zero-shot or with
+  trained token maps.
 
 Example:
     >>> from alignfuse.data.spider import Schema
@@ -335,3 +340,63 @@ class TokenOTLinker(_TokenHeads):
         q, i = self.map(question, items)
         qs = q[None].expand(i.shape[0], -1, -1)
         return -word_region_distance(i, qs, item_mask, None, max_iter=self.max_iter)
+
+
+def schema_graph(schema: Schema) -> torch.Tensor:
+    """The schema's item graph, ``(N, N)`` over its tables then its columns: each table
+    joined to its columns, each foreign key to the column it refers to; rows normalised
+    (a mean over neighbours), an item without neighbours its own."""
+    n_t = schema.n_tables
+    n = n_t + schema.n_columns
+    adj = torch.zeros(n, n)
+    for c, t in enumerate(schema.column_tables):
+        adj[t, n_t + c] = adj[n_t + c, t] = 1.0
+    for a, b in schema.foreign_keys:
+        adj[n_t + a, n_t + b] = adj[n_t + b, n_t + a] = 1.0
+    lonely = adj.sum(1) == 0
+    adj[lonely, lonely] = 1.0
+    return adj / adj.sum(1, keepdim=True)
+
+
+@runtime_checkable
+class GraphScorer(Protocol):
+    """Scores a question against every item of its database at once, the items exchanging
+    information along the schema graph (relation-aware)."""
+
+    def score_graph(
+        self, question: torch.Tensor, items: torch.Tensor, graph: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+@MODELS.register("schema_graph_encoder")
+class SchemaGraphEncoder(nn.Module):
+    """A relation-aware dual encoder (after RAT-SQL, Wang et al. 2020): the items of a
+    database exchange information along its schema graph (:func:`schema_graph`: tables and
+    their columns, foreign keys) for ``rounds`` rounds, ``h <- h + W mean_{j in N(i)} h_j``
+    with ``W`` zero at the start, before the trained linear heads of
+    :class:`SchemaDualEncoder` (so training starts from the zero-shot cosine).
+
+    Args:
+        dim: the sentence encoder's width.
+        rounds: message-passing rounds.
+    """
+
+    def __init__(self, dim: int = 384, rounds: int = 2) -> None:
+        super().__init__()
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        self.heads = SchemaDualEncoder(dim)
+        messages = [nn.Linear(dim, dim) for _ in range(rounds)]
+        for m in messages:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        self.messages = nn.ModuleList(messages)
+
+    def score_graph(
+        self, question: torch.Tensor, items: torch.Tensor, graph: torch.Tensor
+    ) -> torch.Tensor:
+        """``(D,)`` question against ``(N, D)`` items with their ``(N, N)`` graph: ``(N,)``."""
+        h = items
+        for message in self.messages:
+            h = h + message(graph @ h)
+        return self.heads.score_embeddings(question[None], h[None])[0]

@@ -37,10 +37,12 @@ from alignfuse.metrics.linking import best_threshold, linking_metrics
 from alignfuse.models.linkers import (
     AttentionMapper,
     EmbeddingScorer,
+    GraphScorer,
     PairFitScorer,
     TextScorer,
     TokenScorer,
     item_texts,
+    schema_graph,
 )
 from alignfuse.models.protocols import CandidateLoss
 from alignfuse.outputs import LossOutput
@@ -176,6 +178,7 @@ class SchemaLinkingTask:
         self.device = torch.device("cpu")
         self.embeddings: _Embeddings | None = None
         self._order: tuple[int, np.ndarray] | None = None
+        self._graphs: dict[tuple[str, str], torch.Tensor] = {}
 
     @staticmethod
     def load_data(cfg: ExperimentConfig) -> dict[str, LinkingData]:
@@ -191,7 +194,7 @@ class SchemaLinkingTask:
 
     def build(self) -> tuple[nn.Module, nn.Module]:
         factory = MODELS.get(self.cfg.model.name).factory
-        kinds = (TextScorer, EmbeddingScorer, TokenScorer)
+        kinds = (TextScorer, EmbeddingScorer, TokenScorer, GraphScorer)
         if not (isinstance(factory, type) and issubclass(factory, kinds)):
             linkers = [
                 n
@@ -215,7 +218,7 @@ class SchemaLinkingTask:
                 "or triplet"
             )
         self.device = device
-        if isinstance(model, (EmbeddingScorer, TokenScorer)):
+        if isinstance(model, (EmbeddingScorer, TokenScorer, GraphScorer)):
             self.embeddings = _Embeddings(self.cache_dir, tokens=isinstance(model, TokenScorer))
             for name, split in {"train": self.train, **self.splits}.items():
                 self.embeddings.add(name, split)
@@ -281,6 +284,23 @@ class SchemaLinkingTask:
                     out[kind].append(
                         model.score_tokens(q, tokens.to(self.device), mask.to(self.device))
                     )
+            return out
+        if isinstance(model, GraphScorer):  # every item of the database at once
+            for e in examples:
+                schema = (
+                    self.splits[split].schemas[e.db_id]
+                    if split in self.splits
+                    else self.train.schemas[e.db_id]
+                )
+                key = (split, e.db_id)
+                if key not in self._graphs:
+                    self._graphs[key] = schema_graph(schema).to(self.device)
+                every = torch.cat([emb.item(split, e.db_id, k) for k in KINDS]).to(self.device)
+                joint = model.score_graph(
+                    emb.question(e.question).to(self.device), every, self._graphs[key]
+                )
+                out["table"].append(joint[: schema.n_tables])
+                out["column"].append(joint[schema.n_tables :])
             return out
         assert isinstance(model, EmbeddingScorer)
         q = torch.stack([emb.question(e.question) for e in examples]).to(self.device)
