@@ -61,3 +61,11 @@ def test_saved_config_round_trips_and_hash_is_stable(tmp_path):
     assert config_hash(again) == config_hash(cfg)
     assert config_hash(load_config(None, ["model.embed_dim=49"])) != config_hash(cfg)
     assert yaml.safe_load((tmp_path / "c.yaml").read_text())["model"]["embed_dim"] == 48
+
+
+@pytest.mark.parametrize(("raw", "want"), [("1e-3", 1e-3), ("3E+2", 300.0), ("-.5", -0.5)])
+def test_numbers_yaml_reads_as_strings_are_numbers(raw, want):
+    # YAML 1.1 reads 1e-3 (no dot) as a string; a person wrote a number
+    assert load_config(None, [f"train.lr={raw}"]).train.lr == want
+    with pytest.raises(ConfigError, match="expects a number, got 'fast'"):
+        load_config(None, ["train.lr=fast"])

@@ -117,3 +117,22 @@ def test_epoch_pairs_visit_every_caption_once(tmp_path, tiny_overrides):
     pairs = set(zip(imgs.tolist(), caps.tolist(), strict=True))
     assert len(pairs) == len(imgs) == 5 * len(tr.data["train"])
     assert not (tr.epoch_pairs(1)[0] == imgs).all()
+
+
+def test_an_eval_split_the_data_lacks_is_named(tmp_path, tiny_overrides):
+    from alignfuse.engine import evaluate
+    from alignfuse.errors import ConfigError
+
+    tr = _trainer(tmp_path, tiny_overrides)
+    with pytest.raises(ConfigError, match=r"eval.splits names \['nope'\]"):
+        evaluate(tr.model, tr.data, ["test", "nope"])
+
+
+def test_nan_margins_are_refused():
+    import torch
+
+    from alignfuse.losses import triplet
+
+    a = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="margin must be > 0, got nan"):
+        triplet(a, a, margin=float("nan"))

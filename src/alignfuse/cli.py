@@ -314,7 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alignfuse: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("alignfuse: interrupted; run the same command again to resume", file=sys.stderr)
+        print(
+            "alignfuse: interrupted; to continue from the last checkpoint run the same command "
+            "again (bench), with --resume added (train)",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,7 +100,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings."""
+    """Evaluation settings. A split the data does not have is an error, except ``test_dk``
+    (the built-in data's unseen-words split), evaluated where the data has it."""
 
     splits: list[str] = field(default_factory=lambda: ["test", "test_dk"])
     batch_size: int = 256
@@ -123,6 +125,7 @@ class ExperimentConfig:
 
 
 T = TypeVar("T")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -163,6 +166,8 @@ def _check_value(path: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"config key {path!r} expects an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {path!r} expects a number, got {value!r}")
         return float(value)

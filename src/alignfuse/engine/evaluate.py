@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from alignfuse.data.base import ImageTextData, ImageTextSplit
+from alignfuse.errors import ConfigError
 from alignfuse.metrics import (
     hard_negative_accuracy,
     retrieval_map,
@@ -436,9 +437,14 @@ def evaluate(
     nn_captions = retrieval_captioning and not isinstance(
         model, (PairwiseScorer, TwoStageRanker, CaptionGenerator)
     )
-    for name in splits:
-        if name not in data.splits:
-            continue
+    # test_dk is built-in data's own split: evaluated where the data has it
+    unknown = [name for name in splits if name not in data.splits and name != "test_dk"]
+    if unknown:
+        raise ConfigError(
+            f"eval.splits names {unknown}, which the data does not have (it has: "
+            f"{', '.join(data.splits)})"
+        )
+    for name in [n for n in splits if n in data.splits]:
         res = evaluate_split(model, data[name], batch_size)
         if nn_captions:
             was_training = model.training

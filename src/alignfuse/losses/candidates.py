@@ -107,7 +107,7 @@ def candidate_triplet(
     (``"mean"``)."""
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    if margin <= 0:
+    if not margin > 0:  # NaN too
         raise ValueError(f"margin must be > 0, got {margin}")
     if mining not in ("sum", "hardest"):
         raise ValueError(f"mining must be 'sum' or 'hardest', got {mining!r}")

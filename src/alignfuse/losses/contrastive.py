@@ -46,7 +46,7 @@ def contrastive(
         0.0
     """
     check_paired_batch(a, b, "mean", "contrastive")
-    if margin <= 0:
+    if not margin > 0:  # NaN too
         raise ValueError(f"margin must be > 0, got {margin}")
     if not 0 <= pos_margin < margin:
         raise ValueError(f"pos_margin must be in [0, margin), got {pos_margin}")
@@ -74,7 +74,7 @@ class ContrastiveLoss(nn.Module):
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        if margin <= 0:
+        if not margin > 0:  # NaN too
             raise ValueError(f"margin must be > 0, got {margin}")
         self.margin, self.pos_margin, self.power, self.normalize = (
             margin,

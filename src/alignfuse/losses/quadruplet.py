@@ -53,7 +53,7 @@ def structure_preserving(
         0.0
     """
     check_paired_batch(a, b, "mean", "structure_preserving")
-    if margin <= 0:
+    if not margin > 0:  # NaN too
         raise ValueError(f"margin must be > 0, got {margin}")
     if normalize:
         a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
@@ -84,7 +84,7 @@ class StructurePreservingLoss(nn.Module):
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        if margin <= 0:
+        if not margin > 0:  # NaN too
             raise ValueError(f"margin must be > 0, got {margin}")
         self.margin, self.normalize = margin, normalize
         self.cross_weights = (float(cross_weights[0]), float(cross_weights[1]))

@@ -54,7 +54,7 @@ def triplet(
         0.0
     """
     check_paired_batch(a, b, reduction, "triplet")
-    if margin <= 0:
+    if not margin > 0:  # NaN too
         raise ValueError(f"margin must be > 0, got {margin}")
     if mining not in MININGS:
         raise ValueError(f"mining must be one of {MININGS}, got {mining!r}")
@@ -73,7 +73,7 @@ def triplet_from_similarity(
     """Bidirectional triplet loss on a precomputed ``(N, N)`` similarity matrix (pairs on
     the diagonal), e.g. SCAN's cross-attention scores. Arguments as :func:`triplet`."""
     check_similarity(sims, reduction, "triplet")
-    if margin <= 0:
+    if not margin > 0:  # NaN too
         raise ValueError(f"margin must be > 0, got {margin}")
     if mining not in MININGS:
         raise ValueError(f"mining must be one of {MININGS}, got {mining!r}")
@@ -128,7 +128,7 @@ class TripletLoss(nn.Module):
         sum_warmup: int = 0,
     ) -> None:
         super().__init__()
-        if margin <= 0:
+        if not margin > 0:  # NaN too
             raise ValueError(f"margin must be > 0, got {margin}")
         if mining not in MININGS:
             raise ValueError(f"mining must be one of {MININGS}, got {mining!r}")

@@ -51,7 +51,7 @@ def triplet_center(
         raise ValueError(f"labels must be ({a.shape[0]},) integers, got {tuple(labels.shape)}")
     if int(labels.min()) < 0 or int(labels.max()) >= centers.shape[0]:
         raise ValueError(f"labels must lie in [0, {centers.shape[0]})")
-    if margin <= 0:
+    if not margin > 0:  # NaN too
         raise ValueError(f"margin must be > 0, got {margin}")
     labels = labels.to(a.device)
 
@@ -75,7 +75,7 @@ class TripletCenterLoss(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if margin <= 0:
+        if not margin > 0:  # NaN too
             raise ValueError(f"margin must be > 0, got {margin}")
         self.centers = nn.Parameter(torch.randn(num_classes, dim) * 0.1)
         self.margin, self.reduction = margin, reduction
