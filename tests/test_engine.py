@@ -136,3 +136,35 @@ def test_nan_margins_are_refused():
     a = torch.randn(4, 3)
     with pytest.raises(ValueError, match="margin must be > 0, got nan"):
         triplet(a, a, margin=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=-1", "train.lr must be a positive finite number, got -1.0"),
+        ("train.lr=.inf", "train.lr must be a positive finite number"),
+        ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),
+        ("eval.batch_size=0", "eval.batch_size must be an integer >= 1, got 0"),
+        ("train.warmup_fraction=1.5", r"train.warmup_fraction must be in \[0, 1\)"),
+        ("train.schedule=linear", "train.schedule must be one of cosine, constant"),
+        ("train.optimizer=sgd", "train.optimizer must be one of adamw, adam"),
+    ],
+)
+def test_settings_no_run_can_use_are_named_before_training(
+    tmp_path, tiny_overrides, override, message
+):
+    from alignfuse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _trainer(tmp_path, [*tiny_overrides, override])
+
+
+def test_cuda_on_a_machine_without_it_is_named(monkeypatch):
+    import torch
+
+    from alignfuse.engine.fit import resolve_device
+    from alignfuse.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="train.device 'cuda': this machine has no CUDA"):
+        resolve_device("cuda")

@@ -76,9 +76,35 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as err:
         raise ConfigError(f"train.device {name!r} is not a device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device {name!r}: this machine has no CUDA device (use auto or cpu)"
+        )
+    return device
+
+
+def check_settings(cfg: ExperimentConfig) -> None:
+    """Reject training and evaluation settings no run can use, naming the key."""
+    t = cfg.train
+    checks = [
+        ("train.epochs", t.epochs, t.epochs >= 1, "an integer >= 1"),
+        ("train.batch_size", t.batch_size, t.batch_size >= 1, "an integer >= 1"),
+        ("train.lr", t.lr, t.lr > 0 and math.isfinite(t.lr), "a positive finite number"),
+        ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "a number >= 0"),
+        ("train.warmup_fraction", t.warmup_fraction, 0 <= t.warmup_fraction < 1, "in [0, 1)"),
+        ("train.grad_clip", t.grad_clip, t.grad_clip >= 0, "a number >= 0 (0: no clipping)"),
+        ("train.eval_every", t.eval_every, t.eval_every >= 0, "an integer >= 0 (0: never)"),
+        ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 0, "an integer >= 0"),
+        ("eval.batch_size", cfg.eval.batch_size, cfg.eval.batch_size >= 1, "an integer >= 1"),
+    ]
+    if t.max_steps is not None:
+        checks.append(("train.max_steps", t.max_steps, t.max_steps >= 1, "an integer >= 1"))
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {expected}, got {value!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -136,6 +162,7 @@ class Fit:
         self.progress = self.progress and self.rank == 0
         say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.log = say if self.rank == 0 else (lambda msg: None)
+        check_settings(cfg)
         self.device = resolve_device(cfg.train.device)
         if cfg.train.schedule not in SCHEDULES:
             raise ConfigError(
@@ -163,8 +190,6 @@ class Fit:
         task.setup(self.model, self.loss_fn, self.device, self.world)
         if self.world > 1:
             self._broadcast_parameters()
-        if cfg.train.epochs < 1:
-            raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
         self.steps_per_epoch = max(1, task.steps_per_epoch())
         self.total_steps = self.steps_per_epoch * cfg.train.epochs if self.trainable else 0
         if cfg.train.max_steps is not None:
