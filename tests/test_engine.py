@@ -168,3 +168,21 @@ def test_cuda_on_a_machine_without_it_is_named(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="train.device 'cuda': this machine has no CUDA"):
         resolve_device("cuda")
+
+
+def test_a_run_folder_is_locked_and_keeps_its_config(tmp_path, tiny_overrides):
+    import os
+
+    from alignfuse.engine.fit import run_lock
+    from alignfuse.errors import ConfigError
+
+    (tmp_path / "run").mkdir()
+    held = run_lock(tmp_path / "run")  # as another process training there would
+    with pytest.raises(ConfigError, match=f"in use by process {os.getpid()}"):
+        _trainer(tmp_path, tiny_overrides).fit()
+    held.close()
+    _trainer(tmp_path, tiny_overrides).fit(stop_after=2)
+    other = _trainer(tmp_path, [*tiny_overrides, "train.lr=0.01", "train.seed=3"])
+    with pytest.raises(ConfigError, match=r"another config \(it differs in train.lr, train.seed\)"):
+        other.fit(resume=True)
+    _trainer(tmp_path, tiny_overrides).fit(resume=True)  # the same config resumes

@@ -389,13 +389,27 @@ class Fit:
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> History:
         """Train to ``total_steps`` (or stop early after ``stop_after`` steps, as a crash would).
+        The run folder is locked meanwhile, and must not hold a run of another config.
 
         Raises:
             TrainingDivergedError: the loss became NaN or infinite; the last checkpoint on
                 disk is the last good state.
+            ConfigError: another process trains in the folder, or it holds another config.
         """
+        lock = None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.rank == 0:
+                lock = run_lock(self.run_dir)
+        try:
+            if lock is not None and self.run_dir is not None:
+                check_same_config(self.run_dir, self.cfg)
+            return self._fit(resume, stop_after)
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _fit(self, resume: bool, stop_after: int | None) -> History:
         if resume:
             self.resume()
         if self.rank == 0 and self.run_dir is not None:
@@ -469,6 +483,66 @@ class Fit:
                 )
             )
         return self.history
+
+
+def run_lock(run_dir: Path) -> Any:
+    """An exclusive lock on a run folder (``run_dir/.lock``, holding the owner's process id),
+    released when the returned file is closed or the process ends.
+
+    Raises:
+        ConfigError: another process holds the lock.
+    """
+    import fcntl
+    import os
+
+    handle = (run_dir / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"{run_dir} is in use by process {owner}: wait for it, or choose another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Refuse a run folder that holds a run of another config (resuming it would mix them).
+
+    Raises:
+        ConfigError: naming the keys that differ.
+    """
+    from alignfuse.config import load_config, to_dict
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = to_dict(load_config(saved))
+    except ConfigError:
+        return  # an unreadable config of an older version: its checkpoint will not load
+    new = to_dict(cfg)
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else k
+            out.update(flat(v, key) if isinstance(v, dict) and k != "args" else {key: v})
+        return out
+
+    a, b = flat(old), flat(new)
+    differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "name")
+    if differ:
+        raise ConfigError(
+            f"{run_dir} holds a run of another config (it differs in {', '.join(differ)}): "
+            "choose another --out, or delete that folder to start again"
+        )
 
 
 class FunctionTask:
