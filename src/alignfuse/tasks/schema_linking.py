@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.config import ExperimentConfig, save_config
@@ -145,8 +146,17 @@ class _Embeddings:
         return self.q_token[text]
 
     def item_tokens(self, split: str, db: str, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(M, L, D)`` tokens of the database's item names, zero-padded, and their mask."""
-        return self.name_token[(split, db, kind)]
+        """``(M, L, D)`` tokens of the database's item names, zero-padded, and their mask;
+        ``kind="all"``: its tables then its columns."""
+        key = (split, db, kind)
+        if kind == "all" and key not in self.name_token:
+            parts = [self.name_token[(split, db, k)] for k in KINDS]
+            width = max(t.shape[1] for t, _ in parts)
+            self.name_token[key] = (
+                torch.cat([F.pad(t, (0, 0, 0, width - t.shape[1])) for t, _ in parts]),
+                torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts]),
+            )
+        return self.name_token[key]
 
 
 @TASKS.register("schema_linking")
@@ -276,14 +286,14 @@ class SchemaLinkingTask:
         emb = self.embeddings
         assert emb is not None
         out: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
-        if isinstance(model, TokenScorer):
+        if isinstance(model, TokenScorer):  # one call per question: tables, then columns
             for e in examples:
                 q = emb.question_tokens(e.question).to(self.device)
-                for kind in KINDS:
-                    tokens, mask = emb.item_tokens(split, e.db_id, kind)
-                    out[kind].append(
-                        model.score_tokens(q, tokens.to(self.device), mask.to(self.device))
-                    )
+                tokens, mask = emb.item_tokens(split, e.db_id, "all")
+                joint = model.score_tokens(q, tokens.to(self.device), mask.to(self.device))
+                n_tables = len(emb.item(split, e.db_id, "table"))
+                out["table"].append(joint[:n_tables])
+                out["column"].append(joint[n_tables:])
             return out
         if isinstance(model, GraphScorer):  # every item of the database at once
             for e in examples:
