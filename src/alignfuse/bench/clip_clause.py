@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.data.clips import Clip, ClipSplit
-from alignfuse.engine.fit import fit_module
+from alignfuse.engine.fit import fit_module, permuted_batches
 from alignfuse.temporal import GraphMatcher, chain_adjacency, warping_path
 from alignfuse.transport import sinkhorn
 
@@ -115,11 +115,8 @@ def train_embedder(
     temperature = 0.1
 
     def batches(epoch: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(seed * 7919 + epoch)
-        order = torch.randperm(len(inputs), generator=g)
-        return [
-            order[s : s + clips_per_step].tolist() for s in range(0, len(order), clips_per_step)
-        ]
+        parts = permuted_batches(len(inputs), clips_per_step, seed * 7919 + epoch)
+        return [p.tolist() for p in parts]
 
     def loss(both: nn.Module, idx: list[int]) -> torch.Tensor:
         emb: torch.Tensor = both.get_submodule("frames")(torch.cat([inputs[i] for i in idx]))
@@ -164,11 +161,8 @@ def train_matcher(
     pairs = [(*embed(c), torch.from_numpy(c.labels())) for c in train.clips]
 
     def batches(epoch: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(seed * 104729 + epoch)
-        order = torch.randperm(len(pairs), generator=g)
-        return [
-            order[s : s + clips_per_step].tolist() for s in range(0, len(order), clips_per_step)
-        ]
+        parts = permuted_batches(len(pairs), clips_per_step, seed * 104729 + epoch)
+        return [p.tolist() for p in parts]
 
     def loss(net: nn.Module, idx: list[int]) -> torch.Tensor:
         total, frames = torch.zeros(()), 0

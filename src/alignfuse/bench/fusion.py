@@ -39,7 +39,7 @@ from alignfuse.config import ExperimentConfig, from_dict
 from alignfuse.data.shapes import load_shapes
 from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.engine.evaluate import images_to_tensor
-from alignfuse.engine.fit import fit_module
+from alignfuse.engine.fit import fit_module, permuted_batches
 from alignfuse.interaction.recurrent import attention_weights
 from alignfuse.metrics.compositional import hard_negative_accuracy, winoground_scores
 from alignfuse.metrics.retrieval import retrieval_metrics
@@ -205,7 +205,7 @@ def run_matching(
     model, _ = fit_module(
         f"matching/{name}",
         lambda: MatchModel(name, train["images"].shape[-1], vocab, int(cfg.get("width", 64)), args),
-        lambda epoch: _epoch_order(n, bs, epoch),
+        lambda epoch: permuted_batches(n, bs, epoch),
         matching_loss,
         epochs=int(cfg.get("epochs", 6)),
         lr=float(cfg.get("lr", 2e-3)),
@@ -316,7 +316,7 @@ def run_vqa(
             int(cfg.get("width", 64)),
             args,
         ),
-        lambda epoch: _epoch_order(n, bs, epoch),
+        lambda epoch: permuted_batches(n, bs, epoch),
         vqa_loss,
         epochs=int(cfg.get("epochs", 6)),
         lr=float(cfg.get("lr", 2e-3)),
@@ -537,12 +537,6 @@ def train_scorer(
         progress=False,
     )
     return history
-
-
-def _epoch_order(n: int, bs: int, epoch: int) -> list[torch.Tensor]:
-    """Batches of row indices of an epoch: a permutation seeded by the epoch, in slices."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
-    return [order[s : s + bs] for s in range(0, n, bs)]
 
 
 def _recalls(m: dict[str, float], t2i_only: bool = False) -> dict[str, float]:

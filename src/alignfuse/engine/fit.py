@@ -62,7 +62,7 @@ from alignfuse.engine.checkpoint import (
 )
 from alignfuse.errors import CheckpointError, ConfigError, TrainingDivergedError
 from alignfuse.outputs import LossOutput
-from alignfuse.tasks.base import Task
+from alignfuse.tasks.base import Task, TaskDefaults
 
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -537,7 +537,15 @@ def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
         return out
 
     a, b = flat(old), flat(new)
-    differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "name")
+    # what may change between a run and its resumption: its length, how often it validates
+    # and checkpoints, where it runs, and what the final evaluation measures
+    free = {"name", "train.epochs", "train.max_steps", "train.eval_every"}
+    free |= {"train.checkpoint_every", "train.device"}
+    differ = sorted(
+        k
+        for k in a.keys() | b.keys()
+        if a.get(k) != b.get(k) and k not in free and not k.startswith("eval.")
+    )
     if differ:
         raise ConfigError(
             f"{run_dir} holds a run of another config (it differs in {', '.join(differ)}): "
@@ -545,7 +553,7 @@ def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
         )
 
 
-class FunctionTask:
+class FunctionTask(TaskDefaults):
     """A task made of functions, for training a module outside an experiment (DCCA, the MVAE,
     the graph matcher, the fusion suite's heads): the loop's features without a config file.
 
@@ -573,10 +581,6 @@ class FunctionTask:
     def build(self) -> tuple[nn.Module, nn.Module]:
         return self._build(), nn.Identity()
 
-    def setup(self, model: nn.Module, loss_fn: nn.Module, device: torch.device, world: int) -> None:
-        if world > 1:
-            raise ConfigError(f"{self.cfg.name} trains in one process")
-
     def _epoch_batches(self, epoch: int) -> Sequence[Any]:
         if self._epoch is None or self._epoch[0] != epoch:
             self._epoch = (epoch, self._batches(epoch))
@@ -585,29 +589,21 @@ class FunctionTask:
     def steps_per_epoch(self) -> int:
         return len(self._epoch_batches(0))
 
-    def start(self, model: nn.Module, progress: bool) -> None:
-        return None
-
     def batch(self, epoch: int, index: int, rank: int, world: int) -> Any:
         return self._epoch_batches(epoch)[index]
 
     def step(self, model: nn.Module, loss_fn: nn.Module, batch: Any) -> LossOutput:
         return LossOutput(self._loss(model, batch))
 
-    def validate(self, model: nn.Module) -> dict[str, float]:
-        return {}
-
-    def describe(self, metrics: dict[str, float]) -> str:
-        return ""
-
-    def save(self, run_dir: Path) -> None:
-        return None
-
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], Any]:
         return {}, None
 
-    def headline(self, metrics: dict[str, float]) -> str:
-        return ""
+
+def permuted_batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """Row indices of ``n`` rows in a permutation drawn with ``seed``, cut into batches of
+    ``batch_size`` (the last may be smaller): one epoch's batches for :func:`fit_module`."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return [order[s : s + batch_size] for s in range(0, n, batch_size)]
 
 
 def fit_module(

@@ -114,3 +114,35 @@ class TaskType(Protocol):
     ) -> None:
         """Write ``out/report.md`` (and its plots) for a suite of this task's runs."""
         ...
+
+
+class TaskDefaults:
+    """What most tasks do for the protocol's optional parts; a task class inherits it and
+    writes only what differs: one process, nothing before the first step, no validation,
+    ``config.yaml`` in the run folder, the first few metrics as the headline."""
+
+    name: ClassVar[str]
+    cfg: ExperimentConfig
+
+    def setup(self, model: nn.Module, loss_fn: nn.Module, device: torch.device, world: int) -> None:
+        if world > 1:
+            from alignfuse.errors import ConfigError
+
+            raise ConfigError(f"task {self.name!r} trains in one process")
+
+    def start(self, model: nn.Module, progress: bool) -> None:
+        return None
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return {}
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        return ""
+
+    def save(self, run_dir: Path) -> None:
+        from alignfuse.config import save_config
+
+        save_config(self.cfg, run_dir / "config.yaml")
+
+    def headline(self, metrics: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:3])

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignfuse.config import ExperimentConfig, save_config
+from alignfuse.config import ExperimentConfig
 from alignfuse.data.spider import LinkingData, LinkingExample, Schema
 from alignfuse.errors import ConfigError
 from alignfuse.metrics.linking import best_threshold, linking_metrics
@@ -48,6 +48,7 @@ from alignfuse.models.linkers import (
 from alignfuse.models.protocols import CandidateLoss
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS, check_arguments
+from alignfuse.tasks.base import TaskDefaults
 
 ARGS = ("val_fraction", "batch_questions", "ks", "cache_dir")
 KINDS = ("table", "column")
@@ -160,7 +161,7 @@ class _Embeddings:
 
 
 @TASKS.register("schema_linking")
-class SchemaLinkingTask:
+class SchemaLinkingTask(TaskDefaults):
     """Question-to-schema linking: Spider train, dev, Spider-Syn and Spider-DK."""
 
     name: ClassVar[str] = "schema_linking"
@@ -254,9 +255,6 @@ class SchemaLinkingTask:
 
     def steps_per_epoch(self) -> int:
         return max(1, len(self.train) // self.batch_questions)
-
-    def start(self, model: nn.Module, progress: bool) -> None:
-        return None
 
     def batch(self, epoch: int, index: int, rank: int, world: int) -> dict[str, Any]:
         if self._order is None or self._order[0] != epoch:
@@ -369,9 +367,6 @@ class SchemaLinkingTask:
 
     def describe(self, metrics: dict[str, float]) -> str:
         return f" val table AUC {metrics['table_auc']:.3f} column AUC {metrics['column_auc']:.3f}"
-
-    def save(self, run_dir: Path) -> None:
-        save_config(self.cfg, run_dir / "config.yaml")
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], Any]:
         metrics: dict[str, float] = {}

@@ -30,6 +30,7 @@ from alignfuse.metrics import modality_gap, retrieval_map, retrieval_metrics
 from alignfuse.models.speech_text import SpeechTextModel
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS, check_arguments
+from alignfuse.tasks.base import TaskDefaults
 
 ARGS = ("test_sentences", "held_out_voice")
 
@@ -103,7 +104,7 @@ def evaluate_speech_text(
 
 
 @TASKS.register("speech_text")
-class SpeechTextTask:
+class SpeechTextTask(TaskDefaults):
     """Speech-text retrieval: unseen sentences, an optional unseen voice (espeak-ng data)."""
 
     name: ClassVar[str] = "speech_text"
@@ -171,9 +172,6 @@ class SpeechTextTask:
     def steps_per_epoch(self) -> int:
         return len(self.train_s) // self.cfg.train.batch_size
 
-    def start(self, model: nn.Module, progress: bool) -> None:
-        return None
-
     def epoch_plan(self, epoch: int) -> list[tuple[list[int], list[int]]]:
         """The (sentences, utterances) of each batch of ``epoch``."""
         rng = np.random.default_rng([self.cfg.train.seed, epoch])
@@ -203,12 +201,6 @@ class SpeechTextTask:
         return LossOutput(loss_fn(a, t).loss)
 
     # ------------------------------------------------------------------ evaluation
-
-    def validate(self, model: nn.Module) -> dict[str, float]:
-        return {}  # no validation split: the schedule is fixed
-
-    def describe(self, metrics: dict[str, float]) -> str:
-        return ""
 
     def save(self, run_dir: Path) -> None:
         save_config(self.cfg, run_dir / "config.yaml")
