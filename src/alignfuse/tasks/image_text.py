@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alignfuse.config import ExperimentConfig, save_config
+from alignfuse.config import ExperimentConfig
 from alignfuse.data.base import ImageTextData
 from alignfuse.distributed import all_gather_with_grad
 from alignfuse.encoders.tokenizer import Tokenizer
@@ -33,6 +33,7 @@ from alignfuse.errors import ConfigError
 from alignfuse.models.protocols import OwnObjective, PairwiseScorer, SimilarityLoss
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS
+from alignfuse.tasks.base import TaskDefaults
 
 
 def load_data(cfg: ExperimentConfig) -> ImageTextData:
@@ -77,7 +78,7 @@ def precompute_frozen_text(model: nn.Module, texts: list[str], progress: bool) -
 
 
 @TASKS.register("image_text")
-class ImageTextTask:
+class ImageTextTask(TaskDefaults):
     """Image-text retrieval, matching and captioning on image-caption data."""
 
     name: ClassVar[str] = "image_text"
@@ -222,7 +223,7 @@ class ImageTextTask:
         return ""
 
     def save(self, run_dir: Path) -> None:
-        save_config(self.cfg, run_dir / "config.yaml")
+        super().save(run_dir)  # config.yaml
         self.tokenizer.save(run_dir / "vocab.json")
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], Any]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alignfuse.config import ExperimentConfig, save_config
+from alignfuse.config import ExperimentConfig
 from alignfuse.data.spoken import REFERENCE, SpokenData
 from alignfuse.encoders.audio import pad_frames
 from alignfuse.encoders.tokenizer import Tokenizer
@@ -203,7 +203,7 @@ class SpeechTextTask(TaskDefaults):
     # ------------------------------------------------------------------ evaluation
 
     def save(self, run_dir: Path) -> None:
-        save_config(self.cfg, run_dir / "config.yaml")
+        super().save(run_dir)  # config.yaml
         self.tokenizer.save(run_dir / "vocab.json")
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], Any]:
