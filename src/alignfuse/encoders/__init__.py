@@ -1,7 +1,8 @@
-"""Encoders, one per modality: images (CNN, ViT), text (BiGRU, Transformer, frozen MiniLM) and
+"""Encoders, one per modality: images (CNN, ViT, pretrained EfficientNet-Lite), text (BiGRU, Transformer, frozen MiniLM) and
 audio (log-mel CNN)."""
 
 from alignfuse.encoders.audio import AudioCNN
+from alignfuse.encoders.efficientnet import EfficientNetLite
 from alignfuse.encoders.image import SmallCNN, TinyViT
 from alignfuse.encoders.pretrained import FrozenSentenceEncoder, minilm_available
 from alignfuse.encoders.text import BiGRUTextEncoder, TransformerTextEncoder
@@ -10,6 +11,7 @@ from alignfuse.encoders.tokenizer import Tokenizer
 __all__ = [
     "AudioCNN",
     "BiGRUTextEncoder",
+    "EfficientNetLite",
     "FrozenSentenceEncoder",
     "SmallCNN",
     "TinyViT",

@@ -16,6 +16,7 @@ compositional probes, Winoground, captioning metrics for a captioner).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,6 +74,30 @@ def precompute_frozen_text(model: nn.Module, texts: list[str], progress: bool) -
     for module in model.modules():
         if isinstance(module, FrozenSentenceEncoder):
             module.precompute(texts, show_progress=progress)
+            found = True
+    return found
+
+
+def precompute_frozen_images(
+    model: nn.Module, arrays: list[np.ndarray], batch_size: int, progress: bool
+) -> bool:
+    """Run the frozen part of every image tower inside ``model`` that keeps a feature cache
+    (:class:`~alignfuse.encoders.efficientnet.EfficientNetLite`) once over ``arrays`` (uint8
+    image arrays; the same array object is visited once); return whether there was one."""
+    from alignfuse.encoders.efficientnet import EfficientNetLite
+
+    unique = list({id(a): a for a in arrays}.values())
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    def batches() -> Iterator[torch.Tensor]:
+        for a in unique:
+            for i in range(0, len(a), batch_size):
+                yield images_to_tensor(a[i : i + batch_size], dev)
+
+    found = False
+    for module in model.modules():
+        if isinstance(module, EfficientNetLite):
+            module.precompute(batches, progress)
             found = True
     return found
 
@@ -149,6 +174,13 @@ class ImageTextTask(TaskDefaults):
 
     def start(self, model: nn.Module, progress: bool) -> None:
         precompute_frozen_text(model, self.data.train_texts, progress)
+        splits = {"train", "val", *self.cfg.eval.splits}
+        precompute_frozen_images(
+            model,
+            [s.images for n, s in self.data.splits.items() if n in splits],
+            self.cfg.eval.batch_size,
+            progress,
+        )
 
     def epoch_pairs(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The (image, caption) index pairs of an epoch, in training order."""
