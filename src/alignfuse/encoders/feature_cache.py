@@ -15,7 +15,8 @@ Example:
     >>> import torch
     >>> cache = PrefixCache()
     >>> x = torch.randn(4, 3, 8, 8)
-    >>> cache.fill(lambda b: b.mean((2, 3)), x, batch_size=2)
+    >>> cache.fill(lambda b: b.mean((2, 3)), x, batch_size=2)  # computed rows
+    4
     >>> torch.equal(cache.lookup(x[1:3]), x[1:3].mean((2, 3)))
     True
 """

@@ -421,6 +421,56 @@ def evaluate_winoground(model: Any, data: ImageTextData, batch_size: int = 256) 
         model.train(was_training)
 
 
+PROBE_TRAIN = 3000  # training images a linear probe is fitted on (evenly spaced)
+
+
+def classification_metrics(
+    model: Any, data: ImageTextData, split: ImageTextSplit, batch_size: int = 256
+) -> dict[str, float]:
+    """Zero-shot classification and a linear probe on the image embeddings, for data whose
+    splits carry class labels (``extras["categories"]`` indexing ``data.info["classes"]``)
+    and a model with one embedding per image (otherwise ``{}``).
+
+    Zero-shot (``zs_top1``, ``zs_top5``, ``zs_mean_class``, ``zs_acc/<class>``): classes
+    described by :data:`~alignfuse.metrics.zero_shot.TEMPLATES`, prompt-ensembled. Linear
+    probe (``probe_acc``): a logistic regression fitted on the embeddings of up to
+    :data:`PROBE_TRAIN` training images, tested on this split."""
+    from alignfuse.metrics.probes import probe_accuracy
+    from alignfuse.metrics.zero_shot import class_embeddings, class_prompts, zero_shot_metrics
+
+    classes = data.info.get("classes")
+    labels = split.extras.get("categories")
+    if (
+        not classes
+        or labels is None
+        or isinstance(model, (PairwiseScorer, TwoStageRanker, CaptionGenerator))
+    ):
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        img = embed_images(model, split.images, batch_size)
+        if img.ndim != 2:
+            return {}
+        prompts = class_prompts(classes)
+        cls = class_embeddings(embed_texts(model, prompts, batch_size), len(classes))
+        zs = zero_shot_metrics(img, cls, labels)
+        out = {f"zs_{k}": v for k, v in zs.items() if k != "per_class"}
+        for name, acc in zip(classes, zs["per_class"], strict=True):
+            if not np.isnan(acc):
+                out[f"zs_acc/{name}"] = float(acc)
+        train = data.splits.get("train")
+        if train is not None and "categories" in train.extras:
+            pick = np.linspace(0, len(train) - 1, min(PROBE_TRAIN, len(train))).astype(int)
+            y_train = np.asarray(train.extras["categories"])[pick]
+            if len(np.unique(y_train)) > 1:
+                z_train = embed_images(model, train.images[pick], batch_size)
+                out["probe_acc"] = probe_accuracy(z_train.cpu(), y_train, img.cpu(), labels)
+        return out
+    finally:
+        model.train(was_training)
+
+
 def evaluate(
     model: Any,
     data: ImageTextData,
@@ -454,6 +504,7 @@ def evaluate(
             finally:
                 model.train(was_training)
             res.update(captioning_metrics(caps, data[name].captions))
+        res.update(classification_metrics(model, data, data[name], batch_size))
         res.pop("_captions", None)
         if "_sims" in res:  # a captioner has none
             sims[name] = res.pop("_sims")
