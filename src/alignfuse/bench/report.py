@@ -29,6 +29,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("wino image", "winoground/wino_image", "pct"),
     ("wino group", "winoground/wino_group", "pct"),
     ("test_dk rsum", "test_dk/rsum", "num"),
+    ("unseen rsum", "test_unseen/rsum", "num"),
+    ("zero-shot top-1", "test/zs_top1", "pct"),
 ]
 
 
@@ -77,7 +79,10 @@ def markdown_table(
 
 def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
     """A markdown table: one row per experiment, recalls in percent."""
-    head = ["model", *[c[0] for c in COLUMNS], "train s", "params"]
+    ok = [r for r in rows if r.get("status") == "ok"]
+    # a column no experiment measured (no test_dk split, no class labels) is left out
+    columns = [c for c in COLUMNS if not ok or any(c[1] in r["metrics"] for r in ok)]
+    head = ["model", *[c[0] for c in columns], "train s", "params"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("status") != "ok":
@@ -86,7 +91,7 @@ def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
             )
             continue
         m = r["metrics"]
-        cells = [r["name"], *[_fmt(m.get(key), kind) for _, key, kind in COLUMNS]]
+        cells = [r["name"], *[_fmt(m.get(key), kind) for _, key, kind in columns]]
         params = f"{r['trainable_params'] / 1e6:.2f}M"
         if r.get("frozen_params"):
             params += f" (+{r['frozen_params'] / 1e6:.1f}M frozen)"
@@ -158,6 +163,57 @@ CAPTIONING: list[tuple[str, str]] = [
     ("wino image", "winoground/wino_image"),
     ("wino group", "winoground/wino_group"),
 ]
+
+
+CLASSIFICATION: list[tuple[str, str]] = [
+    ("zero-shot top-1", "test/zs_top1"),
+    ("zero-shot top-5", "test/zs_top5"),
+    ("zero-shot mean per class", "test/zs_mean_class"),
+    ("linear probe", "test/probe_acc"),
+    ("unseen: zero-shot top-1", "test_unseen/zs_top1"),
+    ("unseen: linear probe", "test_unseen/probe_acc"),
+]
+
+
+def classification_markdown(rows: list[dict[str, Any]]) -> str:
+    """Zero-shot and linear-probe accuracy (%) of each experiment, and the modality gap of
+    its test embeddings at initialisation and after training."""
+    cols = [c for c in CLASSIFICATION if any(c[1] in (r.get("metrics") or {}) for r in rows)]
+    head = ["model", *[c[0] for c in cols], "modality gap at init", "after training"]
+    body = []
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        m = r["metrics"]
+        cells = [_fmt(m.get(key), "pct") for _, key in cols]
+        gaps = [m.get("test/init_modality_gap"), m.get("test/modality_gap")]
+        cells += ["-" if g is None else f"{g:.3f}" for g in gaps]
+        body.append([r["name"], *cells])
+    return markdown_table(head, body)
+
+
+def _plot_per_class(rows: list[dict[str, Any]], classes: Sequence[str], path: Path) -> bool:
+    """Grouped bars: each model's zero-shot accuracy per class on the test split."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    shown = [c for c in classes if any(f"test/zs_acc/{c}" in r["metrics"] for r in ok)]
+    if not shown:
+        return False
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(shown) * max(1, len(ok)) ** 0.5), 4.5))
+    width = 0.8 / len(ok)
+    x = np.arange(len(shown))
+    for j, r in enumerate(ok):
+        acc = [100 * r["metrics"].get(f"test/zs_acc/{c}", np.nan) for c in shown]
+        ax.bar(x + j * width - 0.4 + width / 2, acc, width, label=r["name"])
+    ax.set_xticks(x)
+    ax.set_xticklabels([c.replace("_", " ") for c in shown], rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("zero-shot accuracy (%)")
+    ax.set_title("Zero-shot classification per class (test split)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def captioning_markdown(rows: list[dict[str, Any]]) -> str:
@@ -298,7 +354,8 @@ def _plot_grid(data: ImageTextData, sims: torch.Tensor, name: str, path: Path, n
     split = data["test"]
     texts, owner = split.flat_captions()
     titles = []
-    for i in range(n):
+    shown = np.linspace(0, len(split) - 1, min(n, len(split))).astype(int)  # spread over the split
+    for i in shown.tolist():
         top = torch.topk(sims[i], 3).indices.tolist()
         titles.append(
             "\n".join(
@@ -307,7 +364,7 @@ def _plot_grid(data: ImageTextData, sims: torch.Tensor, name: str, path: Path, n
             )
         )
     suptitle = f"{name}: top-3 captions per test image (+ = the image's own caption)"
-    _image_grid(split.images[:n], titles, suptitle, path)
+    _image_grid(split.images[shown], titles, suptitle, path)
 
 
 def write_report(
@@ -371,6 +428,22 @@ def write_report(
             "",
             two_stage_markdown(rows),
         ]
+    classes = (data.info.get("classes") if data is not None else None) or []
+    if any("test/zs_top1" in (r.get("metrics") or {}) for r in rows):
+        parts += [
+            "## Classification and the modality gap",
+            "",
+            'Zero-shot: each class is the mean embedding of prompts ("a drawing of {class}.", '
+            '"clip art of {class}.", "an icon of {class}.", "{class}"), each image takes '
+            "the nearest class (CLIP's prompt ensembling). Linear probe: logistic regression on "
+            "the image embeddings of up to 3,000 training images. Accuracies in %. The modality "
+            "gap (distance between the two modalities' mean unit embeddings) of the test "
+            "embeddings with the model as initialised and as trained.",
+            "",
+            classification_markdown(rows),
+        ]
+        if _plot_per_class(rows, classes, out / "zero_shot.png"):
+            parts += ["![zero-shot per class](zero_shot.png)", ""]
     if ceiling is not None:
         parts += [
             "## How ambiguous is the test set?",

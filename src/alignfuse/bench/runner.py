@@ -29,7 +29,10 @@ from alignfuse.tasks import task_type
 
 
 def _extra_available(name: str) -> bool:
-    return name == "minilm" and minilm_available()
+    from alignfuse.encoders.efficientnet import efficientnet_available
+
+    checks = {"minilm": minilm_available, "images": efficientnet_available}
+    return name in checks and checks[name]()
 
 
 def _frozen_params(model: torch.nn.Module) -> int:

