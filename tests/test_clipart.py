@@ -156,3 +156,45 @@ def test_the_real_package(tmp_path) -> None:
     caps = [c for s in data.splits.values() for cs in s.captions for c in cs]
     assert all(c and c == c.lower() for c in caps)
     assert not any("hash(" in c for c in caps)
+
+
+def test_karpathy_export_keeps_the_classes(tree: Path, tmp_path) -> None:
+    from alignfuse.data import export_captions, load_captions
+
+    data = load_clipart(
+        str(tree), image_size=8, n_val=10, n_test=20, n_unseen=10, cache_dir=str(tmp_path / "cache")
+    )
+    back = load_captions(str(export_captions(data, tmp_path / "export")))
+    assert back.info["classes"] == data.info["classes"]
+    for name, split in data.splits.items():
+        assert back[name].captions == split.captions
+        assert back[name].extras["categories"] == split.extras["categories"]
+        assert np.array_equal(back[name].images, split.images)
+
+
+def test_cli_exports_clipart(tree: Path, tmp_path, monkeypatch, capsys) -> None:
+    from alignfuse.cli import main
+
+    monkeypatch.setenv("ALIGNFUSE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "data",
+                "clipart",
+                "--root",
+                str(tree),
+                "--out",
+                str(out),
+                "--image-size",
+                "16",
+                "--n-val",
+                "5",
+                "--n-test",
+                "10",
+            ]
+        )
+        == 0
+    )
+    assert (out / "dataset_clipart.json").is_file()
+    assert "test_unseen" in capsys.readouterr().out

@@ -3,7 +3,7 @@
 alignfuse bench [--suite NAME|FILE] [--out DIR] [overrides ...]
 alignfuse train CONFIG [overrides ...] [--out DIR] [--resume]
 alignfuse eval RUN_DIR [--splits ...] [--questions FILE --tables FILE]
-alignfuse data shapes --out DIR [--format karpathy|webdataset] [--n-train N] [--seed S] ...
+alignfuse data shapes|clipart --out DIR [--format karpathy|webdataset] [--seed S] ...
 alignfuse list [FAMILY]
 """
 
@@ -208,14 +208,25 @@ def _cmd_align(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from alignfuse.data import ambiguity, export_captions, export_webdataset, load_shapes
 
-    data = load_shapes(
-        n_train=args.n_train,
-        n_val=args.n_val,
-        n_test=args.n_test,
-        n_winoground=args.n_winoground,
-        image_size=args.image_size,
-        seed=args.seed,
-    )
+    if args.dataset == "clipart":
+        from alignfuse.data.clipart import DEFAULT_ROOT, load_clipart
+
+        data = load_clipart(
+            root=args.root or DEFAULT_ROOT,
+            image_size=args.image_size or 128,
+            n_val=args.n_val or 500,
+            n_test=args.n_test or 1000,
+            seed=args.seed,
+        )
+    else:
+        data = load_shapes(
+            n_train=args.n_train,
+            n_val=args.n_val or 1000,
+            n_test=args.n_test or 1000,
+            n_winoground=args.n_winoground,
+            image_size=args.image_size or 64,
+            seed=args.seed,
+        )
     counts = ", ".join(f"{k}: {len(v)}" for k, v in data.splits.items())
     if args.format == "webdataset":
         shards = export_webdataset(data, args.out, shard_size=args.shard_size)
@@ -223,6 +234,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     else:
         folder = export_captions(data, args.out)
         print(f"wrote {folder} ({counts} images)")
+    if args.dataset != "shapes":
+        return 0
     amb = ambiguity(data["test"])
     print(
         f"test ambiguity: {100 * amb['share_ambiguous']:.1f}% of captions fit several images; "
@@ -278,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.set_defaults(func=_cmd_align)
 
     d = sub.add_parser("data", help="generate and export built-in data")
-    d.add_argument("dataset", choices=["shapes"])
+    d.add_argument("dataset", choices=["shapes", "clipart"])
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument(
         "--format",
@@ -288,10 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--shard-size", type=int, default=1000, help="samples per WebDataset shard")
     d.add_argument("--n-train", type=int, default=10_000)
-    d.add_argument("--n-val", type=int, default=1_000)
-    d.add_argument("--n-test", type=int, default=1_000)
+    d.add_argument(
+        "--n-val", type=int, help="validation images (default: shapes 1000, clipart 500)"
+    )
+    d.add_argument("--n-test", type=int, help="test images (default 1000)")
     d.add_argument("--n-winoground", type=int, default=200)
-    d.add_argument("--image-size", type=int, default=64)
+    d.add_argument("--image-size", type=int, help="image side (default: shapes 64, clipart 128)")
+    d.add_argument(
+        "--root", help="clipart: the openclipart folder (default /usr/share/openclipart)"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_data)
 

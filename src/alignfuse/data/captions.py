@@ -6,7 +6,9 @@ The Karpathy-split JSON of COCO and Flickr30k (``dataset_coco.json``, ``dataset_
      "images": [{"filename": "x.jpg", "filepath": "val2014", "split": "test",
                  "sentences": [{"raw": "A man riding a horse."}, ...]}, ...]}
 
-``filepath`` is optional. Split ``restval`` is merged into ``train`` as is customary. A folder
+``filepath`` is optional; so is ``category`` (a class name on every entry labels the images
+for zero-shot classification and the linear probe). Split ``restval`` is merged into
+``train`` as is customary. A folder
 written by :func:`export_captions` also holds ``extras.json`` (hard negatives and Winoground
 groups), so the compositional probes work on an exported copy too.
 """
@@ -103,12 +105,14 @@ def load_captions(
         Path(image_dir) if image_dir else (base / "images" if (base / "images").is_dir() else base)
     )
     by_split: dict[str, list[tuple[str, list[str]]]] = {}
+    categories: dict[str, list[str | None]] = {}
     missing = []
     for k, e in enumerate(entries):
         try:
             rel = Path(e.get("filepath", "")) / e["filename"]
             split = SPLIT_ALIASES.get(e["split"], e["split"])
             caps = [s["raw"] for s in e["sentences"]]
+            categories.setdefault(split, []).append(e.get("category"))
         except (KeyError, TypeError, AttributeError) as err:
             raise DataError(
                 f"captions: entry {k} of {str(ann_path)!r} lacks filename/split/sentences[].raw "
@@ -131,12 +135,16 @@ def load_captions(
             cache[rel] = _read_image(img_root / rel, image_size)
         return cache[rel]
 
+    # an optional "category" on every entry labels the images (zero-shot, linear probe)
+    labelled = all(c is not None for cats in categories.values() for c in cats)
+    classes = sorted({str(c) for cats in categories.values() for c in cats}) if labelled else []
     splits = {}
     for split, items in by_split.items():
         images = _stack([read(rel) for rel, _ in items], f"split {split!r}")
-        splits[split] = ImageTextSplit(
-            split, images, [caps for _, caps in items], {"filenames": [rel for rel, _ in items]}
-        )
+        extras: dict[str, Any] = {"filenames": [rel for rel, _ in items]}
+        if classes:
+            extras["categories"] = [classes.index(str(c)) for c in categories[split]]
+        splits[split] = ImageTextSplit(split, images, [caps for _, caps in items], extras)
     wino = None
     extras_path = ann_path.parent / "extras.json"
     if extras_path.is_file():
@@ -153,7 +161,10 @@ def load_captions(
             wino = WinogroundSet(
                 imgs, [tuple(g["captions"]) for g in groups], [g["kind"] for g in groups]
             )
-    return ImageTextData(ann.get("dataset", base.name), splits, wino, {"root": str(base)})
+    info: dict[str, Any] = {"root": str(base)}
+    if classes:
+        info["classes"] = classes
+    return ImageTextData(ann.get("dataset", base.name), splits, wino, info)
 
 
 def export_captions(data: ImageTextData, out: str | Path) -> Path:
@@ -165,6 +176,7 @@ def export_captions(data: ImageTextData, out: str | Path) -> Path:
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
+    classes = data.info.get("classes")
     test = data.splits.get("test")
     for name, split in data.splits.items():
         shared = name != "test" and test is not None and split.images is test.images
@@ -173,14 +185,15 @@ def export_captions(data: ImageTextData, out: str | Path) -> Path:
             fname = f"{prefix}_{i:06d}.png"
             if not shared:
                 Image.fromarray(split.images[i]).save(out / "images" / fname)
-            entries.append(
-                {
-                    "filename": fname,
-                    "imgid": len(entries),
-                    "split": name,
-                    "sentences": [{"raw": c} for c in caps],
-                }
-            )
+            entry = {
+                "filename": fname,
+                "imgid": len(entries),
+                "split": name,
+                "sentences": [{"raw": c} for c in caps],
+            }
+            if classes and "categories" in split.extras:
+                entry["category"] = classes[split.extras["categories"][i]]
+            entries.append(entry)
     (out / f"dataset_{data.name}.json").write_text(
         json.dumps({"dataset": data.name, "images": entries})
     )
