@@ -3,6 +3,7 @@ audio (log-mel CNN)."""
 
 from alignfuse.encoders.audio import AudioCNN
 from alignfuse.encoders.efficientnet import EfficientNetLite
+from alignfuse.encoders.hf import HFDualEncoder, HFTextTower, HFVisionTower
 from alignfuse.encoders.image import SmallCNN, TinyViT
 from alignfuse.encoders.pretrained import FrozenSentenceEncoder, minilm_available
 from alignfuse.encoders.text import BiGRUTextEncoder, TransformerTextEncoder
@@ -13,6 +14,9 @@ __all__ = [
     "BiGRUTextEncoder",
     "EfficientNetLite",
     "FrozenSentenceEncoder",
+    "HFDualEncoder",
+    "HFTextTower",
+    "HFVisionTower",
     "SmallCNN",
     "TinyViT",
     "Tokenizer",
