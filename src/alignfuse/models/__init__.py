@@ -4,9 +4,11 @@ encoder, a multimodal encoder with ITM and MLM, retrieval re-ranked by ITM), a
 LLaVA-style captioner (image tokens projected as the prefix of a causal language model),
 BLIP-2's Q-Former (learned queries between the image and the text: ITC, ITM, ITG) and the
 MVAE (a product-of-experts multimodal VAE: inference and generation from any subset of
-modalities), a speech-text dual encoder and schema linkers."""
+modalities), a speech-text dual encoder, schema linkers, and frozen towers aligned by CCA
+in closed form."""
 
 from alignfuse.models.albef import ALBEF, FusionLayer, MergedLayer, build_albef, mask_words
+from alignfuse.models.cca_dual import CCADualEncoder, build_cca_dual
 from alignfuse.models.dual_encoder import DualEncoder, build_dual_encoder
 from alignfuse.models.linkers import (
     BM25Linker,
@@ -24,6 +26,7 @@ __all__ = [
     "ALBEF",
     "MVAE",
     "BM25Linker",
+    "CCADualEncoder",
     "DualEncoder",
     "EmbeddingCosineLinker",
     "FusionLayer",
@@ -36,6 +39,7 @@ __all__ = [
     "SpeechTextModel",
     "StringMatchLinker",
     "build_albef",
+    "build_cca_dual",
     "build_dual_encoder",
     "build_prefix_lm",
     "build_qformer",

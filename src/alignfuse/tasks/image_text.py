@@ -147,7 +147,9 @@ class ImageTextTask(TaskDefaults):
         self.model, self.device, self.world = model, device, world
         self.own_objective = isinstance(model, OwnObjective)
         self.pairwise = isinstance(model, PairwiseScorer)
-        if not isinstance(model, (PairwiseScorer, TwoStageRanker, CaptionGenerator)):
+        from alignfuse.models.cca_dual import ClosedFormFit
+
+        if not isinstance(model, (PairwiseScorer, TwoStageRanker, CaptionGenerator, ClosedFormFit)):
             # the state as initialised, for the modality gap before training (initial_gap)
             self._init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.own_objective and (world > 1 or cfg.train.grad_cache_chunk):
@@ -191,6 +193,12 @@ class ImageTextTask(TaskDefaults):
             self.cfg.eval.batch_size,
             progress,
         )
+        from alignfuse.models.cca_dual import ClosedFormFit
+
+        if isinstance(model, ClosedFormFit):  # fitted in closed form: no gradient step
+            split = self.data["train"]
+            texts, owner = split.flat_captions()
+            model.fit_pairs(split.images, texts, owner, self.cfg.eval.batch_size)
 
     def epoch_pairs(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The (image, caption) index pairs of an epoch, in training order."""
