@@ -148,3 +148,38 @@ def test_evaluator_reports_classification_on_labelled_data(tmp_path) -> None:
     # unlabelled data gets no classification metrics
     plain = ImageTextData("toy", {"train": data["train"], "test": data["test"].subset(12)})
     assert not any("zs_" in k for k in evaluate(model, plain, ["test"])[0])
+
+
+def test_report_tables_show_what_was_measured(tmp_path) -> None:
+    from alignfuse.bench.report import (
+        _plot_per_class,
+        classification_markdown,
+        leaderboard_markdown,
+    )
+
+    rows = [
+        {
+            "name": "a",
+            "status": "ok",
+            "train_seconds": 3.0,
+            "trainable_params": 1000,
+            "metrics": {
+                "test/rsum": 250.0,
+                "test/zs_top1": 0.4,
+                "test/probe_acc": 0.5,
+                "test/init_modality_gap": 0.9,
+                "test/modality_gap": 0.6,
+                "test/zs_acc/food": 0.7,
+                "test/zs_acc/animals": 0.2,
+            },
+        },
+        {"name": "b", "status": "skipped", "reason": "needs the extra(s) images"},
+    ]
+    board = leaderboard_markdown(rows)
+    assert "zero-shot top-1" in board and "40.0" in board
+    assert "test_dk rsum" not in board and "wino text" not in board  # nobody measured them
+    table = classification_markdown(rows)
+    assert "| a | 40.0 | 50.0 | 0.900 | 0.600 |" in table
+    assert _plot_per_class(rows, ["animals", "food", "office"], tmp_path / "zs.png")
+    assert (tmp_path / "zs.png").stat().st_size > 1000
+    assert not _plot_per_class(rows[1:], ["animals"], tmp_path / "none.png")
