@@ -350,8 +350,10 @@ def _image_grid(images: np.ndarray, titles: Sequence[str], suptitle: str, path: 
     plt.close(fig)
 
 
-def _plot_grid(data: ImageTextData, sims: torch.Tensor, name: str, path: Path, n: int = 8) -> None:
+def _plot_grid(data: ImageTextData, sims: torch.Tensor, name: str, path: Path, n: int = 8) -> bool:
     split = data["test"]
+    if split.is_features:  # precomputed features: no pixels to show
+        return False
     texts, owner = split.flat_captions()
     titles = []
     shown = np.linspace(0, len(split) - 1, min(n, len(split))).astype(int)  # spread over the split
@@ -365,6 +367,7 @@ def _plot_grid(data: ImageTextData, sims: torch.Tensor, name: str, path: Path, n
         )
     suptitle = f"{name}: top-3 captions per test image (+ = the image's own caption)"
     _image_grid(split.images[shown], titles, suptitle, path)
+    return True
 
 
 def write_report(
@@ -472,13 +475,18 @@ def write_report(
         if art is None:
             continue
         fit, sims, exp_data = art
-        if isinstance(fit.model, CaptionGenerator) and "test" in exp_data.splits:
+        if (
+            isinstance(fit.model, CaptionGenerator)
+            and "test" in exp_data.splits
+            and not exp_data["test"].is_features
+        ):
             fname = f"captions_{name}.png"
             _plot_captions(fit.model, exp_data, name, out / fname)
             parts += [f"## Generated captions: {name}", "", f"![{name}]({fname})", ""]
-        if "test" in sims:
+        if "test" in sims and _plot_grid(
+            exp_data, sims["test"], name, out / f"retrievals_{name}.png"
+        ):
             fname = f"retrievals_{name}.png"
-            _plot_grid(exp_data, sims["test"], name, out / fname)
             parts += [f"## Retrieved captions: {name}", "", f"![{name}]({fname})", ""]
     parts += [
         "## Notes",

@@ -1,6 +1,6 @@
 """Built-in datasets (generated locally) and loaders for the field's real formats."""
 
-from alignfuse.data import clipart, clips, twoview  # noqa: F401  (register their datasets)
+from alignfuse.data import clipart, clips, precomputed, twoview  # noqa: F401  (register their datasets)
 from alignfuse.data.base import ImageTextData, ImageTextSplit, WinogroundSet
 from alignfuse.data.captions import export_captions, load_captions
 from alignfuse.data.shapes import ambiguity, load_shapes

@@ -16,7 +16,9 @@ class ImageTextSplit:
 
     Attributes:
         name: split name (``train``, ``val``, ``test``, ``test_dk``, ...).
-        images: ``uint8`` array of shape ``(N, H, W, 3)``.
+        images: ``uint8`` array of shape ``(N, H, W, 3)``, or precomputed features: a float
+            array ``(N, R, D)`` (``R`` regions each, as SCAN and VSE++ release them) or
+            ``(N, D)`` (see :attr:`is_features`); a memory-mapped array streams from disk.
         captions: ``N`` lists of caption strings (the same count per image is not required).
         extras: dataset-specific annotations (scenes, grounding, questions, hard negatives).
     """
@@ -27,10 +29,13 @@ class ImageTextSplit:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+        pixels = self.images.ndim == 4 and self.images.shape[-1] == 3
+        pixels = pixels and self.images.dtype == np.uint8
+        features = self.images.ndim in (2, 3) and np.issubdtype(self.images.dtype, np.floating)
+        if not (pixels or features):
             raise DataError(
-                f"split {self.name!r}: images must be uint8 (N, H, W, 3), got "
-                f"{self.images.dtype} {tuple(self.images.shape)}"
+                f"split {self.name!r}: images must be uint8 (N, H, W, 3) or float features "
+                f"(N, R, D) / (N, D), got {self.images.dtype} {tuple(self.images.shape)}"
             )
         if len(self.captions) != len(self.images):
             raise DataError(
@@ -43,6 +48,11 @@ class ImageTextSplit:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def is_features(self) -> bool:
+        """Whether ``images`` holds precomputed features rather than pixels."""
+        return self.images.ndim != 4
 
     def flat_captions(self) -> tuple[list[str], np.ndarray]:
         """All captions in one list and, for each, the index of its image."""

@@ -5,6 +5,7 @@ from alignfuse.encoders.audio import AudioCNN
 from alignfuse.encoders.efficientnet import EfficientNetLite
 from alignfuse.encoders.hf import HFDualEncoder, HFTextTower, HFVisionTower
 from alignfuse.encoders.image import SmallCNN, TinyViT
+from alignfuse.encoders.precomputed import PrecomputedFeatures
 from alignfuse.encoders.pretrained import FrozenSentenceEncoder, minilm_available
 from alignfuse.encoders.text import BiGRUTextEncoder, TransformerTextEncoder
 from alignfuse.encoders.tokenizer import Tokenizer
@@ -17,6 +18,7 @@ __all__ = [
     "HFDualEncoder",
     "HFTextTower",
     "HFVisionTower",
+    "PrecomputedFeatures",
     "SmallCNN",
     "TinyViT",
     "Tokenizer",

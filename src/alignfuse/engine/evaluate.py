@@ -33,7 +33,13 @@ from alignfuse.models.protocols import (
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``uint8 (B, H, W, 3)`` to normalised float ``(B, 3, H, W)`` on ``device``."""
+    """``uint8 (B, H, W, 3)`` to normalised float ``(B, 3, H, W)`` on ``device``;
+    precomputed features (a float array) pass through as float32."""
+    if np.issubdtype(images.dtype, np.floating):
+        arr = np.asarray(images, dtype=np.float32)
+        if not (arr.flags.writeable and arr.flags.c_contiguous):  # a memory-mapped slice
+            arr = np.array(arr, order="C")
+        return torch.from_numpy(arr).to(device)
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
 
