@@ -113,6 +113,8 @@ def test_splits_are_a_function_of_the_seed(tree: Path, tmp_path) -> None:
     assert a["test"].extras["paths"] == b["test"].extras["paths"]
     assert a["test"].extras["paths"] != c["test"].extras["paths"]
     assert np.array_equal(a["train"].images, b["train"].images)
+    # read back from the cache, a split is a slice of a memory-mapped file (streams from disk)
+    assert isinstance(b["train"].images, np.memmap) and not b["train"].images.flags.writeable
 
 
 def test_bad_input(tree: Path, tmp_path, monkeypatch) -> None:

@@ -1,6 +1,7 @@
 """The on-disk cache of generated datasets: numpy arrays + a JSON annotation file, written
 atomically (temporary folder, then a rename) with a manifest of SHA-256 checksums that is
-verified on every read. A corrupt cache warns and is regenerated."""
+verified on every read. A corrupt cache warns and is regenerated. Arrays read from the cache
+are memory-mapped (read-only), so a dataset larger than memory streams from disk."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def read_cache(folder: Path, dataset: str) -> tuple[Arrays, dict[str, Any]] | No
             if sha256_file(folder / name) != digest:
                 raise ValueError(f"checksum mismatch for {name}")
         arrays = {
-            name[: -len(".npy")]: np.load(folder / name, allow_pickle=False)
+            # memory-mapped: rows are read from disk when a batch takes them
+            name[: -len(".npy")]: np.load(folder / name, allow_pickle=False, mmap_mode="r")
             for name in files
             if name.endswith(".npy")
         }

@@ -253,16 +253,19 @@ def load_clipart(
     }
     if unseen:
         order["test_unseen"] = unseen
-    listing = [(it["path"], (base / "png" / it["path"]).stat().st_size) for it in items]
-    params = {"listing": listing, "image_size": image_size, "v": 1}
+    # images are stored split after split, so each split is a slice of the (memory-mapped)
+    # cached array: nothing is decoded into memory after the first run
+    flat = [i for idx in order.values() for i in idx]
+    listing = [(items[i]["path"], (base / "png" / items[i]["path"]).stat().st_size) for i in flat]
+    params = {"listing": listing, "image_size": image_size, "v": 2}
 
     def generate() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         from tqdm import tqdm
 
         images = np.stack(
             [
-                _decode(base / "png" / it["path"], image_size)
-                for it in tqdm(items, desc="clipart: decoding", unit="img", leave=False)
+                _decode(base / "png" / items[i]["path"], image_size)
+                for i in tqdm(flat, desc="clipart: decoding", unit="img", leave=False)
             ]
         )
         return {"images": images}, {}
@@ -271,11 +274,12 @@ def load_clipart(
     images = arrays["images"]
     classes = sorted({it["category"] for it in items})
     splits = {}
+    start = 0
     for name, idx in order.items():
         sel = [items[i] for i in idx]
         splits[name] = ImageTextSplit(
             name,
-            images[np.asarray(idx, dtype=np.int64)],
+            images[start : start + len(idx)],
             [captions_of(it) for it in sel],
             {
                 "categories": [classes.index(it["category"]) for it in sel],
@@ -283,5 +287,6 @@ def load_clipart(
                 "keywords": [it["keywords"] for it in sel],
             },
         )
+        start += len(idx)
     info = {"root": str(base), "classes": classes, "unseen_keywords": held, "skipped": skipped}
     return ImageTextData("clipart", splits, None, info)

@@ -40,7 +40,10 @@ def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> 
         if not (arr.flags.writeable and arr.flags.c_contiguous):  # a memory-mapped slice
             arr = np.array(arr, order="C")
         return torch.from_numpy(arr).to(device)
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    arr = np.asarray(images)
+    if not (arr.flags.writeable and arr.flags.c_contiguous):  # a memory-mapped slice
+        arr = np.array(arr, order="C")
+    x = torch.from_numpy(arr).to(device)
     return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
 
 
