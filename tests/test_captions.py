@@ -129,3 +129,32 @@ def test_training_on_exported_folder_equals_in_memory(tmp_path, tiny_overrides):
     assert results[0][0] == results[1][0]
     for k, v in results[0][1].items():
         assert torch.equal(v, results[1][1][k]), k
+
+
+def test_streamed_images_equal_the_decoded_ones(small_shapes, tmp_path):
+    from alignfuse.data.captions import LazyImages
+    from alignfuse.encoders.tokenizer import Tokenizer
+    from alignfuse.models.dual_encoder import build_dual_encoder
+
+    folder = export_captions(small_shapes, tmp_path / "out")
+    full = load_captions(str(folder), image_size=64)
+    lazy = load_captions(str(folder), image_size=64, stream=True)
+    test = lazy["test"]
+    assert isinstance(test.images, LazyImages) and test.images.shape == full["test"].images.shape
+    idx = np.array([5, 0, 7])
+    assert np.array_equal(test.images[idx], full["test"].images[idx])
+    assert np.array_equal(test.images[2:4], full["test"].images[2:4])
+    assert np.array_equal(np.asarray(test.images), full["test"].images)
+    # evaluation reads batches from disk and gives the same figures
+    torch.manual_seed(0)
+    model = build_dual_encoder(
+        Tokenizer.build(full.train_texts),
+        embed_dim=8,
+        image_args={"width": 2, "out_dim": 8},
+        text_args={"word_dim": 4, "hidden": 4},
+    )
+    a, _ = evaluate(model, full, ["test"], batch_size=16)
+    b, _ = evaluate(model, lazy, ["test"], batch_size=16)
+    assert a == b
+    with pytest.raises(DataError, match="stream=True needs image_size"):
+        load_captions(str(folder), stream=True)

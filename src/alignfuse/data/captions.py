@@ -56,6 +56,46 @@ def _read_image(path: Path, image_size: int | None) -> np.ndarray:
         raise DataError(f"cannot read image {str(path)!r}: {err}") from None
 
 
+class LazyImages:
+    """Image files decoded when indexed: an array-like ``uint8 (N, size, size, 3)`` that reads
+    only the rows a batch takes, so a split larger than memory trains (``stream=True``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (8, 6), (255, 0, 0)).save(d / "a.png")
+        >>> lazy = LazyImages([d / "a.png"] * 3, 4)
+        >>> lazy.shape, lazy[[0, 2]].shape, int(lazy[1][0, 0, 0])
+        ((3, 4, 4, 3), (2, 4, 4, 3), 255)
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, paths: list[Path], image_size: int) -> None:
+        self.paths, self.image_size = list(paths), image_size
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.image_size, self.image_size, 3)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return _read_image(self.paths[int(index)], self.image_size)
+        rows = np.arange(len(self.paths))[index]
+        if rows.size == 0:
+            return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+        return np.stack([_read_image(self.paths[int(i)], self.image_size) for i in rows])
+
+
 def _stack(images: list[np.ndarray], where: str) -> np.ndarray:
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
@@ -69,6 +109,7 @@ def load_captions(
     annotations: str | None = None,
     image_dir: str | None = None,
     image_size: int | None = None,
+    stream: bool = False,
 ) -> ImageTextData:
     """Image-caption data in the Karpathy-split JSON format plus an image folder.
 
@@ -78,6 +119,9 @@ def load_captions(
         image_dir: folder the file names are relative to (default ``root/images`` if it
             exists, else ``root``); an entry's ``filepath`` is joined in between.
         image_size: resize every image to ``image_size x image_size`` (default: keep).
+        stream: decode images when a batch takes them instead of all at once
+            (:class:`LazyImages`; needs ``image_size``): memory stays flat, every epoch
+            decodes again.
 
     Returns:
         :class:`ImageTextData` with one split per ``split`` value found.
@@ -138,9 +182,15 @@ def load_captions(
     # an optional "category" on every entry labels the images (zero-shot, linear probe)
     labelled = all(c is not None for cats in categories.values() for c in cats)
     classes = sorted({str(c) for cats in categories.values() for c in cats}) if labelled else []
+    if stream and image_size is None:
+        raise DataError("captions: stream=True needs image_size (every row the same shape)")
     splits = {}
     for split, items in by_split.items():
-        images = _stack([read(rel) for rel, _ in items], f"split {split!r}")
+        images: Any = (
+            LazyImages([img_root / rel for rel, _ in items], image_size)  # type: ignore[arg-type]
+            if stream
+            else _stack([read(rel) for rel, _ in items], f"split {split!r}")
+        )
         extras: dict[str, Any] = {"filenames": [rel for rel, _ in items]}
         if classes:
             extras["categories"] = [classes.index(str(c)) for c in categories[split]]
