@@ -186,3 +186,30 @@ def test_a_run_folder_is_locked_and_keeps_its_config(tmp_path, tiny_overrides):
     with pytest.raises(ConfigError, match=r"another config \(it differs in train.lr, train.seed\)"):
         other.fit(resume=True)
     _trainer(tmp_path, tiny_overrides).fit(resume=True)  # the same config resumes
+
+
+def test_model_init_starts_from_another_run(tmp_path, tiny_overrides):
+    from safetensors.torch import save_file
+
+    from alignfuse.errors import CheckpointError
+
+    first = _trainer(tmp_path, tiny_overrides, "first")
+    first.fit()
+    trained = {k: v.clone() for k, v in first.model.state_dict().items()}
+    second = _trainer(tmp_path, [*tiny_overrides, f"model.init={tmp_path / 'first'}"], "second")
+    for k, v in second.model.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    # a state dict file works the same; names and shapes must fit
+    save_file({k: v.contiguous() for k, v in trained.items()}, tmp_path / "w.safetensors")
+    third = _trainer(tmp_path, [*tiny_overrides, f"model.init={tmp_path / 'w.safetensors'}"], "t")
+    assert torch.equal(next(iter(third.model.state_dict().values())), next(iter(trained.values())))
+    with pytest.raises(CheckpointError, match="does not fit the model: .*other shape"):
+        _trainer(
+            tmp_path,
+            [*tiny_overrides, "model.embed_dim=8", f"model.init={tmp_path / 'first'}"],
+            "bad",
+        )
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        _trainer(tmp_path, [*tiny_overrides, f"model.init={tmp_path}"], "none")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        _trainer(tmp_path, [*tiny_overrides, f"model.init={tmp_path / 'nope.pt'}"], "nope")

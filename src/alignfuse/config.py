@@ -65,6 +65,9 @@ class ModelConfig:
     image_encoder: str = "cnn"
     text_encoder: str = "bigru"
     args: dict[str, Any] = field(default_factory=dict)
+    # weights to start from: a run folder (its latest checkpoint), a checkpoint folder, or a
+    # .safetensors / .pt state dict with the model's parameter names and shapes
+    init: str | None = None
 
 
 @dataclass

@@ -146,3 +146,66 @@ def load_checkpoint(
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {err}") from None
     return model, optim, state
+
+
+def initial_state(source: str | Path) -> dict[str, torch.Tensor]:
+    """The model state ``model.init`` names: a run folder (its latest checkpoint), a
+    checkpoint folder, a ``.safetensors`` file, or a ``.pt`` / ``.pth`` / ``.bin`` state dict
+    (read with ``weights_only=True``)."""
+    path = Path(source)
+    if path.is_dir():
+        folder = (
+            latest_checkpoint(path / "checkpoints") if (path / "checkpoints").is_dir() else None
+        )
+        if folder is None and (path / "state.json").is_file():
+            folder = path
+        if folder is None:
+            raise CheckpointError(
+                f"model.init: {str(path)!r} holds no checkpoint (expected a run folder with "
+                "checkpoints/latest, or a checkpoint folder with state.json)"
+            )
+        tensors = load_checkpoint(folder)[0]  # the engine's: "model.*" and "loss.*" keys
+        return {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    if not path.is_file():
+        raise CheckpointError(f"model.init: {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return dict(load_file(str(path)))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"model.init: {str(path)!r} cannot be read: {err}") from None
+    if path.suffix in (".pt", ".pth", ".bin"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # an unpickling refusal or a corrupt file
+            raise CheckpointError(
+                f"model.init: {str(path)!r} cannot be read safely: {err}"
+            ) from None
+        if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return state
+        raise CheckpointError(f"model.init: {str(path)!r} does not hold a state dict of tensors")
+    raise CheckpointError(
+        f"model.init: {str(path)!r} is neither a folder nor a .safetensors / .pt / .pth / .bin file"
+    )
+
+
+def apply_initial_state(model: torch.nn.Module, source: str | Path) -> None:
+    """Load ``model.init``'s weights into ``model``; every name and shape must match."""
+    state = initial_state(source)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} {names[:3]}"
+            for label, names in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("other shape", wrong),
+            )
+            if names
+        ]
+        raise CheckpointError(
+            f"model.init: {str(source)!r} does not fit the model: {'; '.join(parts)}"
+        )
+    model.load_state_dict(state)

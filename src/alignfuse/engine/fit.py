@@ -175,6 +175,11 @@ class Fit:
         if seed:
             torch.manual_seed(cfg.train.seed)
         model, loss_fn = task.build()
+        init = getattr(getattr(cfg, "model", None), "init", None)
+        if init:
+            from alignfuse.engine.checkpoint import apply_initial_state
+
+            apply_initial_state(model, init)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn.to(self.device)
         params = [
