@@ -213,3 +213,26 @@ def test_model_init_starts_from_another_run(tmp_path, tiny_overrides):
         _trainer(tmp_path, [*tiny_overrides, f"model.init={tmp_path}"], "none")
     with pytest.raises(CheckpointError, match="does not exist"):
         _trainer(tmp_path, [*tiny_overrides, f"model.init={tmp_path / 'nope.pt'}"], "nope")
+
+
+def test_resume_falls_back_to_the_newest_valid_checkpoint(tmp_path, tiny_overrides):
+    overrides = [*tiny_overrides, "train.checkpoint_every=2"]
+    _trainer(tmp_path, overrides).fit(stop_after=5)  # checkpoints at steps 4 and 5
+    folder = tmp_path / "run" / "checkpoints"
+    newest = latest_checkpoint(folder)
+    assert newest.name == "step-00000005"
+    data = bytearray((newest / "model.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (newest / "model.safetensors").write_bytes(bytes(data))
+    logs: list[str] = []
+    again = quiet_trainer(tmp_path, overrides, "run")
+    again.log = logs.append
+    assert again.resume() and again.step == 4
+    assert any("skipped step-00000005" in m and "resuming from step-00000004" in m for m in logs)
+    # following the error's advice (delete the corrupt folder) resumes too: the dangling
+    # pointer is skipped
+    import shutil
+
+    shutil.rmtree(newest)
+    third = quiet_trainer(tmp_path, overrides, "run")
+    assert third.resume() and third.step == 4

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,40 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
             f"checkpoint pointer {str(pointer)!r} names a missing folder {path.name!r}"
         )
     return path
+
+
+def newest_valid_checkpoint(
+    folder: str | Path, log: Callable[[str], None] | None = None
+) -> tuple[Path, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The checkpoint ``latest`` names, read and verified; if it is missing or corrupt, the
+    newest other checkpoint that verifies (``log`` says which was skipped and why). ``None``
+    when the folder holds no checkpoint at all; an error when none verifies."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=True
+    )
+    pointer = folder / "latest"
+    named = folder / pointer.read_text().strip() if pointer.is_file() else None
+    if named is not None:
+        candidates = [named] + [p for p in candidates if p != named]
+    problems = []
+    for path in candidates:
+        if not path.is_dir():
+            problems.append(f"{path.name}: missing")
+            continue
+        try:
+            model, optim, state = load_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(f"{path.name}: {err}")
+            continue
+        if problems and log is not None:
+            log(f"skipped {'; '.join(problems)}; resuming from {path.name} instead")
+        return path, model, optim, state
+    if not problems:
+        return None
+    raise CheckpointError(f"no valid checkpoint in {str(folder)!r}: {'; '.join(problems)}")
 
 
 def load_checkpoint(

@@ -56,7 +56,7 @@ from alignfuse.config import ExperimentConfig
 from alignfuse.engine.checkpoint import (
     flatten_optimizer,
     latest_checkpoint,
-    load_checkpoint,
+    newest_valid_checkpoint,
     save_checkpoint,
     unflatten_optimizer,
 )
@@ -337,10 +337,10 @@ class Fit:
         """Load the latest checkpoint if there is one; return whether one was loaded."""
         if self.run_dir is None:
             return False
-        path = latest_checkpoint(self.run_dir / "checkpoints")
-        if path is None:
+        found = newest_valid_checkpoint(self.run_dir / "checkpoints", self.log)
+        if found is None:
             return False
-        tensors, opt, state = load_checkpoint(path)
+        path, tensors, opt, state = found
         self.load_weights(tensors)
         ranks = {k: opt.pop(k) for k in [k for k in opt if k.startswith("rng.torch.rank")]}
         rng = opt.pop("rng.torch", None)
@@ -684,10 +684,9 @@ def load_run(run_dir: str | Path, progress: bool = False) -> Fit:
     cfg = load_config(run / "config.yaml")
     fit = Fit(create_task(cfg, run_dir=run), None, progress=progress, log=lambda msg: None)
     fit.run_dir = run
-    ckpt = latest_checkpoint(run / "checkpoints")
-    if ckpt is not None:
-        tensors, _, _ = load_checkpoint(ckpt)
-        fit.load_weights(tensors)
+    found = newest_valid_checkpoint(run / "checkpoints", log=lambda m: print(m, file=sys.stderr))
+    if found is not None:
+        fit.load_weights(found[1])
     elif fit.trainable:
         raise CheckpointError(f"{run} holds no checkpoint")
     fit.model.eval()
