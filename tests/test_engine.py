@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -236,3 +237,17 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint(tmp_path, tiny_overrid
     shutil.rmtree(newest)
     third = quiet_trainer(tmp_path, overrides, "run")
     assert third.resume() and third.step == 4
+
+
+def test_without_a_terminal_training_prints_plain_progress_lines(
+    tmp_path, tiny_overrides, monkeypatch
+):
+    import alignfuse.engine.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "PLAIN_EVERY", 0.0)
+    lines: list[str] = []
+    tr = quiet_trainer(tmp_path, tiny_overrides, "plain")
+    tr.log = lines.append
+    tr.fit()
+    plain = [m for m in lines if "rows/s" in m]
+    assert plain and all(re.search(r"epoch \d+ step \d+/\d+ loss \d+\.\d+", m) for m in plain)

@@ -260,14 +260,15 @@ def load_clipart(
     params = {"listing": listing, "image_size": image_size, "v": 2}
 
     def generate() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        from tqdm import tqdm
+        from alignfuse._progress import Progress, on_terminal
 
-        images = np.stack(
-            [
-                _decode(base / "png" / items[i]["path"], image_size)
-                for i in tqdm(flat, desc="clipart: decoding", unit="img", leave=False)
-            ]
-        )
+        bar = Progress(len(flat), "clipart: decoding", "img", bar=on_terminal())
+        decoded = []
+        for i in flat:
+            decoded.append(_decode(base / "png" / items[i]["path"], image_size))
+            bar.update()
+        bar.close()
+        images = np.stack(decoded)
         return {"images": images}, {}
 
     arrays, _, _ = cached("clipart", params, cache_dir, generate)

@@ -313,6 +313,7 @@ class EfficientNetLite(nn.Module):
                 batches(),
                 progress=progress,
                 desc=f"EfficientNet-{self.variant} features",
+                total=len(keys),
             )
         finally:
             self.train(was_training)

@@ -82,10 +82,12 @@ class PrefixCache:
         batch_size: int = 64,
         progress: bool = False,
         desc: str = "features",
+        total: int | None = None,
     ) -> int:
         """Compute ``fn`` on the rows not yet cached (``inputs`` is a tensor or an iterable of
-        batches); return how many were computed."""
-        from tqdm import tqdm
+        batches); return how many were computed. ``progress``: a bar; without one, a plain
+        line every 30 s."""
+        from alignfuse._progress import Progress
 
         batches = (
             [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
@@ -93,7 +95,9 @@ class PrefixCache:
             else inputs
         )
         done = 0
-        bar = tqdm(desc=desc, unit="img", disable=not progress, leave=False)
+        if isinstance(inputs, torch.Tensor):
+            total = len(inputs)
+        bar = Progress(total, desc, "img", bar=progress)
         for batch in batches:
             keys = [digest(row) for row in batch]
             todo = [i for i, k in enumerate(keys) if k not in self.store]

@@ -52,6 +52,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from alignfuse._progress import PLAIN_EVERY
 from alignfuse.config import ExperimentConfig
 from alignfuse.engine.checkpoint import (
     flatten_optimizer,
@@ -438,7 +439,7 @@ class Fit:
             )
             losses: list[float] = []
             parts: list[dict[str, float]] = []
-            t0 = time.perf_counter()
+            t0 = last_line = time.perf_counter()
             for index in range(first, last):
                 self.set_learning_rate()
                 value = self.train_step(epoch, index)
@@ -452,9 +453,15 @@ class Fit:
                 self._epoch_losses.append(value)
                 elapsed = time.perf_counter() - t0
                 bar.update(1)
-                bar.set_postfix(
-                    loss=f"{value:.3f}", rows_s=f"{len(losses) * bs / max(elapsed, 1e-9):.0f}"
-                )
+                rate = len(losses) * bs / max(elapsed, 1e-9)
+                bar.set_postfix(loss=f"{value:.3f}", rows_s=f"{rate:.0f}")
+                if not self.progress and self.rank == 0 and t0 + elapsed - last_line >= PLAIN_EVERY:
+                    # no bar (a log file, CI): a plain line now and then
+                    last_line = t0 + elapsed
+                    self.log(
+                        f"{self.cfg.name}: epoch {epoch + 1} step {self.step}/{self.total_steps} "
+                        f"loss {np.mean(losses[-log_every:]):.4f} ({rate:.0f} rows/s)"
+                    )
                 if self.step % log_every == 0:
                     row = {"step": float(self.step), "loss": float(np.mean(losses[-log_every:]))}
                     window = parts[-log_every:]  # the parts a composite objective logs
