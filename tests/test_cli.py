@@ -119,3 +119,29 @@ def test_kind_suites_take_dotted_overrides_of_their_own_keys(tmp_path, capsys):
     assert "unknown key 'vqa.epochz' in suite 'fusion'; did you mean 'vqa.epochs'?" in err
     assert main(["bench", "--suite", "fusion", "--out", str(tmp_path / "f"), "vqa.epochs=["]) == 2
     assert "the value is not valid YAML" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_a_previous_run_and_nothing_else(tmp_path, tiny_overrides, capsys):
+    from alignfuse.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("name: over\n")
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), *tiny_overrides, "train.epochs=1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    other = [*tiny_overrides, "train.epochs=1", "model.embed_dim=8"]
+    assert main(["train", str(cfg), *other, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["train", str(cfg), *other, "--out", str(out), "--overwrite"]) == 0
+    assert "removed the previous run" in capsys.readouterr().err
+    assert main(["train", str(cfg), *other, "--out", str(out), "--overwrite", "--resume"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    # a run in use by another process is never removed
+    from alignfuse.engine.fit import run_lock
+
+    handle = run_lock(out)
+    try:
+        assert main(["train", str(cfg), *other, "--out", str(out), "--overwrite"]) == 2
+        assert "in use by process" in capsys.readouterr().err and out.is_dir()
+    finally:
+        handle.close()

@@ -48,6 +48,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clear_out(out: Path) -> None:
+    """``--overwrite``: delete a previous run in ``out`` (refused while a process uses it)."""
+    import shutil
+
+    from alignfuse.engine.fit import run_lock
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise AlignfuseError(f"--out {out} is a file, not a run folder")
+    folders = [out, *(p.parent for p in out.glob("**/.lock"))]
+    for folder in folders:
+        if (folder / ".lock").exists():
+            run_lock(folder).close()  # refuses, naming the process, if one holds it
+    shutil.rmtree(out)
+    print(f"alignfuse: removed the previous run in {out} (--overwrite)", file=sys.stderr)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench import load_suite, run_suite
     from alignfuse.bench.correlation import is_correlation_suite, run_correlation_suite
@@ -55,6 +73,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench.mvae import is_mvae_suite, run_mvae_suite
     from alignfuse.bench.temporal import is_temporal_suite, run_temporal_suite
 
+    if args.overwrite:
+        _clear_out(Path(args.out) if args.out else Path("runs") / Path(args.suite).stem)
     for is_kind, run in (
         (is_correlation_suite, run_correlation_suite),
         (is_temporal_suite, run_temporal_suite),
@@ -92,9 +112,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    if args.overwrite and args.resume:
+        raise AlignfuseError("--overwrite and --resume exclude each other")
+    if args.overwrite:
+        _clear_out(out)
     if not args.resume and (out / "checkpoints" / "latest").exists():
         raise AlignfuseError(
-            f"{out} already holds a checkpoint: pass --resume to continue it, or --out elsewhere"
+            f"{out} already holds a checkpoint: pass --resume to continue it, --overwrite to "
+            "start afresh, or --out elsewhere"
         )
     # under torchrun: rank 0 builds (and caches) the data first, the others then read it
     rank = init_from_env(cfg.train.device)
@@ -285,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--suite", default="default", help="built-in suite name or a suite YAML file")
     b.add_argument("--out", help="run folder (default runs/<suite>)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument("--overwrite", action="store_true", help="delete a previous run in --out first")
     b.add_argument("overrides", nargs="*", help="dotted overrides for every experiment")
     b.set_defaults(func=_cmd_bench)
 
@@ -293,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
     t.add_argument("--out", help="run folder (default runs/<name>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="delete a previous run in --out first")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)
 

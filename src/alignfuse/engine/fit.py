@@ -561,7 +561,7 @@ def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     if differ:
         raise ConfigError(
             f"{run_dir} holds a run of another config (it differs in {', '.join(differ)}): "
-            "choose another --out, or delete that folder to start again"
+            "choose another --out, or pass --overwrite to replace it"
         )
 
 
