@@ -64,3 +64,15 @@ def test_readme_task_example_trains_through_the_runner(tmp_path):
     assert row["history"]["epochs"][-1] < 0.5 * row["history"]["epochs"][0]
     assert 0 <= row["metrics"]["mse"] < row["history"]["epochs"][0]
     assert "linear:" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_readme_command_lines_use_shipped_configs():
+    from alignfuse.config import load_config
+
+    root = README.parent
+    used = set(re.findall(r"alignfuse(?:\.cli)? train (\S+\.yaml)", README.read_text()))
+    assert used, "README has no train line"
+    for path in used:
+        assert (root / path).is_file(), f"README trains {path}, which the repository lacks"
+        cfg = load_config(root / path, ["model.embed_dim=128"])
+        assert cfg.model.embed_dim == 128

@@ -629,10 +629,15 @@ def generate_shapes(
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
             raise DataError(f"shapes: {arg} must be an integer >= {low}, got {val!r}")
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    from alignfuse._progress import Progress, on_terminal
+
     images: dict[str, np.ndarray] = {}
     ann: dict[str, Any] = {}
+    total = n_train + n_val + n_test + n_winoground
+    bar = Progress(total, "shapes: generating", "img", bar=on_terminal(), every=5.0)
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         parts = _run_chunks(_generate_chunk, seed, split, n, image_size, workers)
+        bar.update(n)
         images[split] = np.concatenate([p["images"] for p in parts])
         ann[split] = {
             k: [x for p in parts for x in p[k]]
@@ -647,6 +652,8 @@ def generate_shapes(
             "captions": [c for p in parts for c in p["captions"]],
             "kinds": [k for p in parts for k in p["kinds"]],
         }
+        bar.update(n_winoground)
+    bar.close()
     return images, ann
 
 
