@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from alignfuse.errors import AlignfuseError
 
@@ -220,15 +221,35 @@ def _eval_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_align(args: argparse.Namespace) -> int:
+    from alignfuse.data.twoview import load_twoview_files
+
+    if args.dim < 1:
+        raise AlignfuseError(f"--dim must be >= 1, got {args.dim}")
+    if not args.reg >= 0:
+        raise AlignfuseError(f"--reg must be >= 0, got {args.reg}")
+    data = load_twoview_files(args.x, args.y, args.labels, test_fraction=args.test_fraction)
+    train, test = data["train"], data["test"]
+    cols = min(train.x.shape[1], train.y.shape[1])
+    if args.method not in ("kcca", "dcca", "dccae", "procrustes") and args.dim > cols:
+        raise AlignfuseError(
+            f"--dim {args.dim} exceeds the views' columns ({train.x.shape[1]} and "
+            f"{train.y.shape[1]}): at most {cols}"
+        )
+    try:
+        return _fit_align(args, data, train, test)
+    except ValueError as err:
+        if isinstance(err, AlignfuseError):
+            raise
+        raise AlignfuseError(f"align --method {args.method}: {err}") from None
+
+
+def _fit_align(args: argparse.Namespace, data: Any, train: Any, test: Any) -> int:
     import numpy as np
 
     from alignfuse.correlation import SCM, Procrustes, save_estimator
     from alignfuse.correlation.evaluate import evaluate_two_view
     from alignfuse.correlation.methods import make_estimator
-    from alignfuse.data.twoview import load_twoview_files
 
-    data = load_twoview_files(args.x, args.y, args.labels, test_fraction=args.test_fraction)
-    train, test = data["train"], data["test"]
     if args.method == "procrustes":
         est = Procrustes(scaling=True).fit(train.x, train.y)
         pred = np.asarray(est.transform(test.x))

@@ -237,7 +237,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         checked = ".".join(head)
         if checked not in valid:
             raise ConfigError(f"unknown config key {key!r}{suggest(key, valid)}")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw, f"override {item!r}: the value") if raw.strip() else ""
         node: dict[str, Any] = out
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
@@ -247,6 +247,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def safe_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load(text)``, or a one-line :class:`ConfigError` saying where ``what``
+    (e.g. ``"config file 'a.yaml'"``) stops being valid YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{what} is not valid YAML: {problem}{where}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load an experiment config from a YAML file (or defaults) and apply overrides."""
     data: dict[str, Any] = {}
@@ -254,10 +266,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        loaded = safe_yaml(p.read_text(), f"config file {str(p)!r}")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
         data = loaded or {}

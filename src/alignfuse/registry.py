@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from alignfuse.errors import ConfigError
+from alignfuse.errors import AlignfuseError, ConfigError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,7 +114,13 @@ class Registry(Generic[T]):
             p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()
         ):
             check_arguments(self.family, name, kwargs, list(sig.parameters))
-        return entry.factory(**kwargs)
+        try:
+            return entry.factory(**kwargs)
+        except ValueError as err:
+            if isinstance(err, AlignfuseError):
+                raise
+            # a component refusing an argument's value: the config named it, say which one
+            raise ConfigError(f"{self.family} {name!r}: {err}") from err
 
     def names(self) -> list[str]:
         """Sorted names of every entry."""

@@ -8,9 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from alignfuse.config import ExperimentConfig, apply_overrides, from_dict
+from alignfuse.config import ExperimentConfig, apply_overrides, from_dict, safe_yaml
 from alignfuse.errors import ConfigError
 from alignfuse.registry import suggest
 
@@ -66,7 +64,7 @@ def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
                 f"unknown suite {name_or_path!r}{suggest(name_or_path, names)} (built-in: {', '.join(names)})"
             )
         text = (resources.files("alignfuse.bench") / "suites" / f"{name_or_path}.yaml").read_text()
-    raw = yaml.safe_load(text)
+    raw = safe_yaml(text, f"suite {name_or_path!r}")
     if not isinstance(raw, dict):
         raise ConfigError(f"suite {name_or_path!r} must be a mapping")
     check_keys(raw, SUITE_KEYS, "suite")
@@ -93,9 +91,9 @@ def read_suite_file(name_or_path: str) -> Any:
     """The parsed YAML of a suite (a file path or a built-in name), or ``None`` if neither."""
     p = Path(name_or_path)
     if p.is_file():
-        return yaml.safe_load(p.read_text())
+        return safe_yaml(p.read_text(), f"suite {name_or_path!r}")
     f = resources.files("alignfuse.bench") / "suites" / f"{name_or_path}.yaml"
-    return yaml.safe_load(f.read_text()) if f.is_file() else None
+    return safe_yaml(f.read_text(), f"suite {name_or_path!r}") if f.is_file() else None
 
 
 def read_checked_suite(name_or_path: str, allowed: set[str]) -> dict[str, Any]:
@@ -146,13 +144,9 @@ def override_suite_file(raw: Any, overrides: list[str], name: str) -> dict[str, 
                     "suite file has can be overridden)"
                 )
             if depth == len(parts) - 1:
-                try:
-                    node[part] = yaml.safe_load(text) if text.strip() else ""
-                except yaml.YAMLError as err:
-                    first = str(err).splitlines()[0]
-                    raise ConfigError(
-                        f"override {item!r}: the value is not valid YAML ({first})"
-                    ) from None
+                node[part] = (
+                    safe_yaml(text, f"override {item!r}: the value") if text.strip() else ""
+                )
             else:
                 node = node[part]
     return out

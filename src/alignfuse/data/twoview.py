@@ -152,18 +152,22 @@ def load_twoview_files(
     px = Path(x)
     if px.suffix == ".npz":
         bundle = _load_array(px, "two-view")
+        if not {"X", "Y"} <= set(bundle.files):
+            raise DataError(f"{str(px)!r} must hold arrays 'X' and 'Y' (has {list(bundle.files)})")
         try:
             X, Y = bundle["X"], bundle["Y"]
-        except KeyError:
-            raise DataError(
-                f"{str(px)!r} must hold arrays 'X' and 'Y' (has {list(bundle.files)})"
-            ) from None
-        lab = bundle["labels"] if "labels" in bundle.files else None
+            lab = bundle["labels"] if "labels" in bundle.files else None
+        except ValueError as err:  # an object array: numpy refuses to unpickle it
+            raise DataError(f"{str(px)!r} cannot be read without unpickling: {err}") from None
     else:
         if y is None:
             raise DataError("pass y= (the second view's .npy) or give x= an .npz with X and Y")
         X, Y = _load_array(px, "X"), _load_array(Path(y), "Y")
         lab = _load_array(Path(labels), "labels") if labels else None
+    for name, arr in (("X", X), ("Y", Y)):
+        kind = np.asarray(arr).dtype
+        if not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
+            raise DataError(f"{name} must hold real numbers, got dtype {kind}")
     X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
     if X.ndim != 2 or Y.ndim != 2:
         raise DataError(f"X and Y must be 2-D, got shapes {X.shape} and {Y.shape}")
