@@ -316,8 +316,20 @@ class Fit:
             "epoch_losses": self._epoch_losses,
             "train_seconds": self.elapsed(),
         }
+        try:
+            return self._write(opt_tensors, state)
+        except OSError as err:  # a full disk, a read-only folder: the last checkpoint stands
+            last = latest_checkpoint(self.run_dir / "checkpoints")
+            raise CheckpointError(
+                f"cannot write the checkpoint of step {self.step} to {self.run_dir}: "
+                f"{err.strerror or err}; the last complete one "
+                f"({last.name if last is not None else 'none yet'}) is kept: make room and "
+                "run the same command with --resume"
+            ) from None
+
+    def _write(self, opt_tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
         return save_checkpoint(
-            self.run_dir / "checkpoints",
+            self.run_dir / "checkpoints",  # type: ignore[operator]
             f"step-{self.step:08d}",
             self._state_tensors(),
             opt_tensors,
