@@ -111,3 +111,68 @@ def test_kmeans_matches_sklearn_inertia():
     sk = KMeans(4, n_init=10, random_state=0).fit(z)
     assert inertia == pytest.approx(sk.inertia_, rel=1e-6)
     assert normalized_mutual_info(ours, sk.labels_) == pytest.approx(1.0)
+
+
+def test_dtypes_are_named_or_handled():
+    import alignfuse
+    from alignfuse.losses import info_nce
+    from alignfuse.metrics import retrieval_metrics
+    from alignfuse.temporal import SoftDTWLoss, dtw
+
+    x, y = torch.randn(10, 3), torch.randn(12, 3)
+    # half precision runs the dynamic programmes in float32, equal to float32 inputs
+    xb, yb = x.bfloat16(), y.bfloat16()
+    assert torch.equal(dtw(xb, yb), dtw(xb.float(), yb.float()))
+    loss = SoftDTWLoss(gamma=0.1)(x[None].half(), y[None].half())
+    assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
+    with pytest.raises(ValueError, match="must be real-valued, got dtype torch.complex64"):
+        dtw(x.to(torch.complex64), y)
+    fusion = alignfuse.create_fusion("co_attention", dims={"image": 8, "text": 8}, out_dim=4)
+    with pytest.raises(
+        ValueError, match="modality 'image' must be floating point, got torch.int64"
+    ):
+        fusion({"image": torch.randint(0, 5, (2, 3, 8)), "text": torch.randn(2, 4, 8)})
+    sims = torch.randint(0, 5, (3, 6))
+    owner = torch.arange(6) % 3
+    assert retrieval_metrics(sims, owner) == retrieval_metrics(sims.double(), owner)
+    with pytest.raises(ValueError, match="sims must hold real scores, got dtype torch.bool"):
+        retrieval_metrics(sims > 2, owner)
+    with pytest.raises(ValueError, match="must share a dtype, got torch.float64 and torch.float32"):
+        info_nce(torch.randn(4, 8).double(), torch.randn(4, 8))
+
+
+def test_read_only_cache_and_huge_images(tmp_path, monkeypatch):
+    import os
+    import warnings
+
+    from PIL import Image
+
+    from alignfuse.data import load_captions
+    from alignfuse.data.cache import cached
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permission bits: make the write fail
+            monkeypatch.setattr(
+                "alignfuse.data.cache.write_cache",
+                lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")),
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            arrays, _, _ = cached("toy", {"a": 1}, ro, lambda: ({"x": np.ones(3)}, {}))
+        assert arrays["x"].sum() == 3
+        assert any("continuing without it" in str(w.message) for w in caught)
+    finally:
+        os.chmod(ro, 0o700)
+    # an image over PIL's decompression-bomb limit is named
+    folder = tmp_path / "caps"
+    (folder / "images").mkdir(parents=True)
+    Image.new("L", (2, 2)).save(folder / "images" / "a.png")
+    (folder / "dataset_x.json").write_text(
+        '{"images": [{"filename": "a.png", "split": "test", "sentences": [{"raw": "a"}]}]}'
+    )
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1)  # 4 pixels > 2 x the limit
+    with pytest.raises(DataError, match="cannot read image .*a.png"):
+        load_captions(str(folder))

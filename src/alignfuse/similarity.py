@@ -23,6 +23,11 @@ def check_pair(a: torch.Tensor, b: torch.Tensor, name_a: str = "a", name_b: str 
             raise ValueError(f"{name} contains NaN or Inf")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"{name_a} and {name_b} differ in width: {a.shape[1]} vs {b.shape[1]}")
+    if a.dtype != b.dtype:
+        raise ValueError(
+            f"{name_a} and {name_b} must share a dtype, got {a.dtype} and {b.dtype} "
+            "(cast one, e.g. b.to(a.dtype))"
+        )
 
 
 REDUCTIONS = ("mean", "sum", "none")

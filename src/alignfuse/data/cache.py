@@ -91,5 +91,12 @@ def cached(
     if hit is not None:
         return hit[0], hit[1], folder
     arrays, ann = generate()
-    write_cache(folder, arrays, ann, params)
+    try:
+        write_cache(folder, arrays, ann, params)
+    except OSError as err:  # a read-only or full cache folder: use the data uncached
+        warnings.warn(
+            f"cannot write the {dataset} cache at {folder} ({err.strerror or err}); continuing "
+            "without it (set ALIGNFUSE_CACHE to a writable folder to keep it)",
+            stacklevel=2,
+        )
     return arrays, ann, folder

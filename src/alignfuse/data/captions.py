@@ -52,7 +52,7 @@ def _read_image(path: Path, image_size: int | None) -> np.ndarray:
         if image_size is not None and im.size != (image_size, image_size):
             im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
         return np.asarray(im, dtype=np.uint8).copy()
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:  # unreadable, or too many pixels
         raise DataError(f"cannot read image {str(path)!r}: {err}") from None
 
 

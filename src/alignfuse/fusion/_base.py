@@ -73,6 +73,8 @@ class Fusion(nn.Module):
             if not isinstance(x, torch.Tensor) or x.ndim not in (2, 3):
                 shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                 raise ValueError(f"modality {m!r} must be (B, d) or (B, L, d), got {shape}")
+            if not x.is_floating_point():
+                raise ValueError(f"modality {m!r} must be floating point, got {x.dtype}")
             if x.shape[-1] != self.dims[m]:
                 raise ValueError(
                     f"modality {m!r} must have {self.dims[m]} features, got {x.shape[-1]}"

@@ -26,6 +26,10 @@ def _checked(
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     s = _as_tensor(sims)
+    if s.dtype == torch.bool or s.is_complex():
+        raise ValueError(f"sims must hold real scores, got dtype {s.dtype}")
+    if not s.is_floating_point():  # integer scores rank like any others
+        s = s.double()
     if s.ndim != 2:
         raise ValueError(f"sims must be (N_images, N_texts), got {tuple(s.shape)}")
     n_img, n_txt = s.shape

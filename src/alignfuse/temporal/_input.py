@@ -18,9 +18,14 @@ CONSTRAINTS = {None: 0, "sakoe_chiba": 1, "itakura": 2}
 
 
 def as_tensor(x: Any, name: str) -> torch.Tensor:
-    """``x`` as a floating tensor (numpy and lists become float64 on the CPU)."""
+    """``x`` as a floating tensor (numpy and lists become float64 on the CPU; float16 and
+    bfloat16 become float32, where the dynamic programmes are exact enough)."""
     if isinstance(x, torch.Tensor):
+        if x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"{name} must be real-valued, got dtype {x.dtype}")
         t = x if x.is_floating_point() else x.double()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()  # half precision: the recursions run in float32 (log-sum-exp, min)
     else:
         arr = np.asarray(x)
         if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
