@@ -176,3 +176,39 @@ def test_read_only_cache_and_huge_images(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1)  # 4 pixels > 2 x the limit
     with pytest.raises(DataError, match="cannot read image .*a.png"):
         load_captions(str(folder))
+
+
+def test_nan_settings_complex_views_and_bad_labels(tmp_path):
+    from alignfuse.correlation import CCA
+    from alignfuse.data.twoview import load_twoview_files
+    from alignfuse.losses import info_nce
+
+    a, b = torch.randn(4, 8), torch.randn(4, 8)
+    with pytest.raises(ValueError, match="logit_scale must be finite"):
+        info_nce(a, b, logit_scale=float("nan"))
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        alignfuse.create_loss("info_nce", temperature=float("nan"))
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="X must be real-valued"):
+        CCA(2).fit(rng.normal(size=(30, 4)) + 1j, rng.normal(size=(30, 3)))
+    np.save(tmp_path / "x.npy", rng.normal(size=(50, 5)))
+    np.save(tmp_path / "y.npy", rng.normal(size=(50, 4)))
+    np.save(tmp_path / "short.npy", np.arange(10))
+    np.save(tmp_path / "float.npy", rng.random(50))
+    np.save(tmp_path / "whole.npy", np.arange(50) % 3 * 1.0)
+    files = (str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
+    with pytest.raises(DataError, match="labels must be one per row: 50 labels"):
+        load_twoview_files(*files, str(tmp_path / "short.npy"))
+    with pytest.raises(DataError, match="labels must be integer classes"):
+        load_twoview_files(*files, str(tmp_path / "float.npy"))
+    data = load_twoview_files(*files, str(tmp_path / "whole.npy"))  # 0.0, 1.0, 2.0 are fine
+    assert data["train"].labels.dtype == np.int64
+
+
+def test_a_diverging_run_stops_with_the_divergence_error(tmp_path, tiny_overrides):
+    from alignfuse.errors import TrainingDivergedError
+    from helpers import quiet_trainer
+
+    tr = quiet_trainer(tmp_path, [*tiny_overrides, "train.lr=1e30", "train.grad_clip=0"], "div")
+    with pytest.raises(TrainingDivergedError, match="loss is nan at step .*Lower train.lr"):
+        tr.fit()

@@ -26,8 +26,12 @@ def as_matrix(x: Any, name: str, check_finite: bool = True) -> tuple[torch.Tenso
         arr = np.asarray(x)
         if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
             raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+        if np.iscomplexobj(arr) or arr.dtype == bool:
+            raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
     else:
+        if x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"{name} must be real-valued, got dtype {x.dtype}")
         t = x if x.is_floating_point() else x.double()
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.float()  # the estimators' linear algebra needs at least float32

@@ -184,7 +184,17 @@ def load_twoview_files(
         "val": order[n_test : n_test + n_val],
         "train": order[n_test + n_val :],
     }
-    lab_arr = None if lab is None else np.asarray(lab).astype(np.int64)
+    lab_arr = None
+    if lab is not None:
+        lab = np.asarray(lab)
+        if lab.ndim != 1 or len(lab) != len(X):
+            raise DataError(f"labels must be one per row: {len(X)} labels, got shape {lab.shape}")
+        whole = np.issubdtype(lab.dtype, np.floating) and bool(np.all(lab == np.round(lab)))
+        if not (np.issubdtype(lab.dtype, np.integer) or whole):
+            raise DataError(
+                f"labels must be integer classes, got {lab.dtype} values such as {lab[:3]}"
+            )
+        lab_arr = lab.astype(np.int64)
     splits = {
         k: TwoViewSplit(k, X[v], Y[v], None if lab_arr is None else lab_arr[v])
         for k, v in parts.items()

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import numpy as np
 import torch
@@ -258,22 +258,30 @@ class Fit:
 
     # ------------------------------------------------------------------ one step
 
+    def _diverged(self, epoch: int, value: float, why: str = "") -> NoReturn:
+        latest = self.run_dir and latest_checkpoint(self.run_dir / "checkpoints")
+        raise TrainingDivergedError(
+            f"{self.cfg.name}: loss is {value} at step {self.step} (epoch {epoch + 1}){why}; "
+            "training stopped. Last good checkpoint: "
+            f"{latest if latest is not None else 'none yet'}. Lower train.lr or check the data."
+        )
+
     def train_step(self, epoch: int, index: int) -> float:
         """Forward and backward of batch ``index`` of ``epoch``; leaves the full-batch
         gradients (summed over ranks) in ``.grad`` and returns the loss."""
         batch = self.task.batch(epoch, index, self.rank, self.world)
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.task.step(self.model, self.loss_fn, batch)
+        try:
+            out = self.task.step(self.model, self.loss_fn, batch)
+        except ValueError as err:  # a NaN refused inside the step: the run diverged
+            finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+            if finite and "NaN" not in str(err):
+                raise
+            self._diverged(epoch, float("nan"), f" ({err})")
         value = float(out.loss.detach())
         self.last_logs = dict(out.logs)
         if not math.isfinite(value):
-            latest = self.run_dir and latest_checkpoint(self.run_dir / "checkpoints")
-            raise TrainingDivergedError(
-                f"{self.cfg.name}: loss is {value} at step {self.step} (epoch {epoch + 1}); "
-                "training stopped. Last good checkpoint: "
-                f"{latest if latest is not None else 'none yet'}. Lower train.lr or "
-                "check the data."
-            )
+            self._diverged(epoch, value)
         if out.loss.requires_grad:  # a step that back-propagated itself returns it detached
             out.loss.backward()  # type: ignore[no-untyped-call]
         if self.world > 1:

@@ -106,6 +106,8 @@ def info_nce_from_similarity(
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     n = sims.shape[0]
+    if not bool(torch.isfinite(torch.as_tensor(logit_scale)).all()):
+        raise ValueError(f"logit_scale must be finite, got {logit_scale}")
     scale = logit_scale.exp() if isinstance(logit_scale, torch.Tensor) else math.exp(logit_scale)
     logits = sims * scale
     if labels is None and positive_mask is None and not label_smoothing:
@@ -136,8 +138,8 @@ class InfoNCELoss(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         if max_scale <= 0:
             raise ValueError(f"max_scale must be > 0, got {max_scale}")
         init = torch.tensor(math.log(1.0 / temperature))
