@@ -145,3 +145,14 @@ def test_overwrite_replaces_a_previous_run_and_nothing_else(tmp_path, tiny_overr
         assert "in use by process" in capsys.readouterr().err and out.is_dir()
     finally:
         handle.close()
+
+
+def test_list_shows_the_correlation_methods(capsys):
+    from alignfuse.cli import main
+
+    assert main(["list", "correlation"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cca", "kcca", "scm", "pls", "procrustes", "dcca", "dccae"):
+        assert f"  {name} " in out
+    assert main(["list"]) == 0
+    assert "correlation (alignfuse align" in capsys.readouterr().out

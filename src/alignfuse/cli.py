@@ -23,7 +23,15 @@ from alignfuse.errors import AlignfuseError
 def _cmd_list(args: argparse.Namespace) -> int:
     import alignfuse  # noqa: F401  (registers everything)
     from alignfuse.bench.suite import builtin_suites
-    from alignfuse.registry import FAMILIES, suggest
+    from alignfuse.correlation.methods import METHODS
+    from alignfuse.registry import FAMILIES, _first_line, suggest
+
+    def correlation() -> None:  # closed-form estimators: scikit-learn style, no registry
+        print("correlation (alignfuse align --method, alignfuse.correlation):")
+        from alignfuse.correlation import Procrustes
+
+        for name, cls in sorted({**METHODS, "procrustes": Procrustes}.items()):
+            print(f"  {name:<14} {_first_line(cls)}")
 
     fams = FAMILIES if args.family is None else None
     if fams is None:
@@ -31,8 +39,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
             for s in builtin_suites():
                 print(s)
             return 0
+        if args.family == "correlation":
+            correlation()
+            return 0
         if args.family not in FAMILIES:
-            choices = [*FAMILIES, "suites"]
+            choices = [*FAMILIES, "correlation", "suites"]
             raise AlignfuseError(
                 f"unknown family {args.family!r}{suggest(args.family, choices)} "
                 f"(families: {', '.join(choices)})"
@@ -45,6 +56,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for e in reg.entries():
             print(f"  {e.name:<14} {e.summary}")
     if args.family is None:
+        correlation()
         print(f"suites:\n  {', '.join(builtin_suites())}")
     return 0
 
@@ -403,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument(
         "family",
         nargs="?",
-        help="losses, fusion, interactions, encoders, models, datasets, metrics, suites",
+        help="losses, fusion, interactions, encoders, models, datasets, metrics, tasks, "
+        "correlation, suites",
     )
     ls.set_defaults(func=_cmd_list)
     return p
