@@ -232,6 +232,19 @@ def _eval_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from alignfuse.export import export_run
+
+    manifest = export_run(args.run_dir, args.out, args.format)
+    for part in ("image", "text"):
+        m = manifest[part]
+        print(
+            f"{part}: {m['file']} (inputs {', '.join(m['inputs'])}; max |diff| vs eager "
+            f"{m['max_abs_diff']:.1e})"
+        )
+    return 0
+
+
 def _cmd_align(args: argparse.Namespace) -> int:
     from alignfuse.data.twoview import load_twoview_files
 
@@ -372,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="schema linking: question, SpiderQuestion or SpiderSynQuestion (default: auto)",
     )
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="export a trained dual encoder's towers (ONNX, TorchScript)")
+    x.add_argument("run_dir")
+    x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    x.add_argument("--out", help="folder for the graphs (default RUN/export-FORMAT)")
+    x.set_defaults(func=_cmd_export)
 
     al = sub.add_parser("align", help="fit a correlation method on two views (.npy / .npz)")
     al.add_argument("x", help="view 1 (.npy), or an .npz holding X, Y (and labels)")
