@@ -140,7 +140,11 @@ def test_vision_and_text_towers_from_a_dual_checkpoint(clip_dir) -> None:
         torch.testing.assert_close(text(**prep), ref.text_model(**prep).pooler_output)
         states, mask = text.tokens(**prep)
         assert states.shape[:2] == mask.shape and mask.dtype == torch.bool
-    assert all(p.requires_grad for p in HFVisionTower(str(clip_dir), trainable=True).parameters())
+    # a frozen tower keeps dropout off in train mode; a trainable one follows .train()
+    vision.train()
+    assert vision.training and not vision.model.training
+    tuned = HFVisionTower(str(clip_dir), trainable=True).train()
+    assert tuned.model.training and all(p.requires_grad for p in tuned.parameters())
 
 
 def test_real_minilm_equals_sentence_transformers() -> None:

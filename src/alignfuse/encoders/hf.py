@@ -172,8 +172,21 @@ def _freeze(module: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
+class _Tower(nn.Module):
+    """A tower whose frozen model stays in eval mode (no dropout) whatever ``.train()`` says."""
+
+    model: Any
+    trainable: bool
+
+    def train(self, mode: bool = True) -> _Tower:
+        super().train(mode)
+        if not self.trainable:
+            self.model.eval()
+        return self
+
+
 @ENCODERS.register("hf_vision")
-class HFVisionTower(nn.Module):
+class HFVisionTower(_Tower):
     """A Hugging Face vision model from a local folder: pooled output and patch tokens, with
     the checkpoint's own preprocessing.
 
@@ -195,16 +208,20 @@ class HFVisionTower(nn.Module):
         )
         self.preprocess = ImagePreprocessor.from_folder(folder)
         self.out_dim = int(model.config.hidden_size)
+        self.trainable = trainable
         _freeze(self.model, trainable)
+        self.train()
 
     def _hidden(self, images: torch.Tensor) -> Any:
         return self.model(pixel_values=self.preprocess(images))
 
+    def _patches(self, hidden: torch.Tensor) -> torch.Tensor:
+        grid = getattr(getattr(self.model, "embeddings", None), "num_patches", None)
+        return hidden[:, 1:] if grid is not None and hidden.shape[1] == grid + 1 else hidden
+
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens ``(B, n_patches, hidden)`` (a class token, if any, left out)."""
-        hidden: torch.Tensor = self._hidden(images).last_hidden_state
-        grid = self.model.embeddings.num_patches if hasattr(self.model, "embeddings") else None
-        return hidden[:, 1:] if grid is not None and hidden.shape[1] == grid + 1 else hidden
+        return self._patches(self._hidden(images).last_hidden_state)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self._hidden(images).pooler_output
@@ -213,15 +230,13 @@ class HFVisionTower(nn.Module):
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` and ``tokens`` from one pass."""
         res = self._hidden(images)
-        hidden: torch.Tensor = res.last_hidden_state
-        grid = self.model.embeddings.num_patches if hasattr(self.model, "embeddings") else None
-        tok = hidden[:, 1:] if grid is not None and hidden.shape[1] == grid + 1 else hidden
+        tok = self._patches(res.last_hidden_state)
         pooled: torch.Tensor = res.pooler_output
         return pooled, tok
 
 
 @ENCODERS.register("hf_text")
-class HFTextTower(nn.Module):
+class HFTextTower(_Tower):
     """A Hugging Face text model and its tokenizer from a local folder.
 
     Args:
@@ -256,7 +271,9 @@ class HFTextTower(nn.Module):
         self.max_length = min(max_length, int(longest))
         self.padding: str | bool = "max_length" if kind == "siglip" else True  # as trained
         self.out_dim = int(model.config.hidden_size)
+        self.trainable = trainable
         _freeze(self.model, trainable)
+        self.train()
 
     def prepare(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids and attention mask (runs in the data loader)."""
