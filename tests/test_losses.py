@@ -164,7 +164,7 @@ def test_bad_inputs(fn):
 
 def test_bad_hyperparameters():
     a, b = _pairs()
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         InfoNCELoss(temperature=0.0)
     with pytest.raises(ValueError, match="margin must be > 0"):
         TripletLoss(margin=-1)
