@@ -188,3 +188,17 @@ def test_corrupt_cache_file_warns_and_is_recomputed(tmp_path) -> None:
         assert fresh.precompute(_batches(images)) == 4
     assert any("stale or corrupt" in str(w.message) for w in caught)
     assert EfficientNetLite("lite0", cache_dir=str(tmp_path)).precompute(_batches(images)) == 0
+
+
+def test_a_frozen_tower_builds_on_a_shallower_cached_prefix(tmp_path) -> None:
+    images = np.random.default_rng(2).integers(0, 256, (5, 36, 36, 3), dtype=np.uint8)
+    part = EfficientNetLite("lite0", cache_dir=str(tmp_path), trainable=2).eval()
+    part.precompute(_batches(images))
+    frozen = EfficientNetLite("lite0", cache_dir=str(tmp_path)).eval()
+    assert frozen.precompute(_batches(images)) == 5
+    assert frozen.reused_split == len(frozen._blocks) - 2  # only the last two blocks ran
+    x = images_to_tensor(images)
+    with torch.no_grad():
+        cached = frozen(x)
+        live = EfficientNetLite("lite0").eval()(x)
+    torch.testing.assert_close(cached, live, atol=1e-5, rtol=1e-5)

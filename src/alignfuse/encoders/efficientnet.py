@@ -24,6 +24,7 @@ over the images plus the trainable blocks per step.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable
@@ -233,6 +234,7 @@ class EfficientNetLite(nn.Module):
             p.requires_grad_(False)
         self.cache_dir = cache_dir
         self.feature_cache = PrefixCache()
+        self.reused_split: int | None = None  # the shallower cached split precompute built on
         # channels-last convolutions: 1.4x faster on CPU here (BENCHMARKS.md), same values to 1e-5
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
@@ -275,15 +277,16 @@ class EfficientNetLite(nn.Module):
             self._bn1.eval()
         return self
 
-    def fingerprint(self) -> str:
-        """What the frozen prefix's output depends on: variant, split point, preprocessing
-        and the frozen weights (a cache stamp)."""
-        frozen = [self._conv_stem, self._bn0, *self._blocks[: self.frozen_blocks]]
+    def fingerprint(self, split: int | None = None) -> str:
+        """What the output of the first ``split`` blocks (default: the frozen prefix) depends
+        on: variant, split point, preprocessing and those weights (a cache stamp)."""
+        split = self.frozen_blocks if split is None else split
+        frozen = [self._conv_stem, self._bn0, *self._blocks[:split]]
         tensors = [t for m in frozen for t in m.state_dict().values()]
         return tower_id(
             tower="efficientnet_lite",
             variant=self.variant,
-            frozen_blocks=self.frozen_blocks,
+            frozen_blocks=split,
             resolution=self.resolution,
             preprocess="shorter-side bilinear aa, centre crop, (x-.5)/.5",
             weights=state_fingerprint(tensors),
@@ -305,11 +308,22 @@ class EfficientNetLite(nn.Module):
         file = self.feature_cache.path(folder, stamp, keys)
         if self.feature_cache.load(file, stamp, keys):
             return 0
+        # a cache of a shallower split of the same weights (a partly fine-tuned tower's)
+        # saves all but the blocks in between
+        fn: Callable[[torch.Tensor], torch.Tensor] = self.prefix
+        self.reused_split = None
+        split = min(self.frozen_blocks, len(self._blocks))
+        for shallow in range(split - 1, 0, -1):
+            base, base_stamp = PrefixCache(), self.fingerprint(shallow)
+            if base.load(base.path(folder, base_stamp, keys), base_stamp, keys):
+                self.reused_split = shallow
+                fn = functools.partial(self._from_cache, base, shallow, split)
+                break
         was_training = self.training
         self.eval()
         try:
             done = self.feature_cache.fill(
-                self.prefix,
+                fn,
                 batches(),
                 progress=progress,
                 desc=f"EfficientNet-{self.variant} features",
@@ -319,6 +333,16 @@ class EfficientNetLite(nn.Module):
             self.train(was_training)
         self.feature_cache.save(file, stamp)
         return done
+
+    def _from_cache(
+        self, base: PrefixCache, start: int, stop: int, images: torch.Tensor
+    ) -> torch.Tensor:
+        """Blocks ``start:stop`` applied to ``base``'s cached outputs of the first ``start``."""
+        x = base.lookup(images)
+        assert x is not None
+        for block in self._blocks[start:stop]:
+            x = block(x.contiguous(memory_format=torch.channels_last))
+        return x
 
     # ------------------------------------------------------------------ forward
 
