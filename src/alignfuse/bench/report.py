@@ -194,12 +194,12 @@ def classification_markdown(rows: list[dict[str, Any]]) -> str:
 
 def _plot_per_class(rows: list[dict[str, Any]], classes: Sequence[str], path: Path) -> bool:
     """Grouped bars: each model's zero-shot accuracy per class on the test split."""
-    ok = [r for r in rows if r.get("status") == "ok"]
+    ok = [r for r in rows if r.get("status") == "ok" and "test/zs_top1" in r["metrics"]]
     shown = [c for c in classes if any(f"test/zs_acc/{c}" in r["metrics"] for r in ok)]
     if not shown:
         return False
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(shown) * max(1, len(ok)) ** 0.5), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16, max(8, 0.6 * len(shown))), 4.5))
     width = 0.8 / len(ok)
     x = np.arange(len(shown))
     for j, r in enumerate(ok):
