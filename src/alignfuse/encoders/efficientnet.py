@@ -36,11 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.encoders.feature_cache import PrefixCache, digest, state_fingerprint, tower_id
+from alignfuse.encoders.image import IMAGE_MEAN, IMAGE_STD
 from alignfuse.registry import ENCODERS, check_arguments
 
 EXTRA = "images"
-# library image tensors are (x / 255 - IMAGE_MEAN) / IMAGE_STD (engine.evaluate.images_to_tensor)
-IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
 
 # (width, depth, resolution) per variant, and the MBConv stages of the B0/Lite0 layout:
 # (repeats, kernel, stride, expand ratio, input filters, output filters)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignfuse.encoders.efficientnet import IMAGE_MEAN, IMAGE_STD
+from alignfuse.encoders.image import IMAGE_MEAN, IMAGE_STD
 from alignfuse.registry import ENCODERS, MODELS
 
 DUAL_TYPES = ("clip", "siglip")

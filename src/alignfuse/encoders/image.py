@@ -8,6 +8,10 @@ from torch import nn
 
 from alignfuse.registry import ENCODERS
 
+# alignfuse image tensors are (uint8 / 255 - IMAGE_MEAN) / IMAGE_STD
+# (alignfuse.engine.evaluate.images_to_tensor); pretrained towers undo it before their own
+IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
+
 
 def _check_images(images: torch.Tensor) -> None:
     if images.ndim != 4 or images.shape[1] != 3:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from alignfuse.data.base import ImageTextData, ImageTextSplit
+from alignfuse.encoders.image import IMAGE_MEAN, IMAGE_STD
 from alignfuse.errors import ConfigError
 from alignfuse.metrics import (
     hard_negative_accuracy,
@@ -33,18 +34,17 @@ from alignfuse.models.protocols import (
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``uint8 (B, H, W, 3)`` to normalised float ``(B, 3, H, W)`` on ``device``;
-    precomputed features (a float array) pass through as float32."""
-    if np.issubdtype(images.dtype, np.floating):
-        arr = np.asarray(images, dtype=np.float32)
-        if not (arr.flags.writeable and arr.flags.c_contiguous):  # a memory-mapped slice
-            arr = np.array(arr, order="C")
-        return torch.from_numpy(arr).to(device)
-    arr = np.asarray(images)
+    """``uint8 (B, H, W, 3)`` to normalised float ``(B, 3, H, W)`` on ``device``
+    (``(x / 255 - IMAGE_MEAN) / IMAGE_STD``); precomputed features (a float array) pass
+    through as float32."""
+    features = np.issubdtype(images.dtype, np.floating)
+    arr = np.asarray(images, dtype=np.float32 if features else None)
     if not (arr.flags.writeable and arr.flags.c_contiguous):  # a memory-mapped slice
         arr = np.array(arr, order="C")
     x = torch.from_numpy(arr).to(device)
-    return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+    if features:
+        return x
+    return (x.permute(0, 3, 1, 2).float() / 255.0 - IMAGE_MEAN) / IMAGE_STD
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
