@@ -11,7 +11,8 @@ Captions (two per drawing, lower-cased):
 
 1. its name: the SVG title, unless that title is a collection's (shared by more than
    ``collection_size`` drawings, e.g. "Lemon SVG theme"), then the file name's words;
-2. the name followed by its keywords (``"bored dog: mammal, dog, animal"``).
+2. the name followed by its keywords (``"bored dog: mammal, dog, animal"``), or
+   ``"a drawing of <name>"`` for a drawing without keywords.
 
 Splits are a pure function of ``seed``: ``test_unseen`` holds every drawing that carries one
 of a set of held-out keywords (drawn among keywords of mid frequency, never a category
