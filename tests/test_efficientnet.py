@@ -158,7 +158,8 @@ def test_cached_prefix_equals_the_live_one(tmp_path) -> None:
     assert tower.precompute(_batches(images)) == 7
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
     with torch.no_grad():
-        assert torch.equal(tower(x), live) or torch.allclose(tower(x), live, atol=1e-6)
+        # the cache is filled with the BatchNorms folded into the convolutions
+        torch.testing.assert_close(tower(x), live, atol=1e-5, rtol=1e-4)
         # an image not in the cache is computed live, and right
         y = images_to_tensor(255 - images[:2])
         torch.testing.assert_close(tower(y), EfficientNetLite("lite0").eval()(y))
@@ -202,3 +203,74 @@ def test_a_frozen_tower_builds_on_a_shallower_cached_prefix(tmp_path) -> None:
         cached = frozen(x)
         live = EfficientNetLite("lite0").eval()(x)
     torch.testing.assert_close(cached, live, atol=1e-5, rtol=1e-5)
+
+
+def test_folded_inference_equals_the_modules(tmp_path) -> None:
+    # BatchNorm statistics far from identity, sizes that pad symmetrically and lopsidedly
+    torch.manual_seed(0)
+    tower = EfficientNetLite("lite0", pretrained=False, cache_dir=str(tmp_path)).eval()
+    for m in tower.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    for size in (37, 64):
+        x = torch.rand(2, 3, size, size) * 2 - 1
+        with torch.no_grad():
+            live = tower.prefix(x)
+            folded = tower._folded_prefix(len(tower._blocks))(x)
+        torch.testing.assert_close(folded, live, atol=1e-4, rtol=1e-4)
+        assert not torch.equal(folded, live)  # really another computation path
+
+
+def test_a_frozen_tower_serves_pooled_vectors_without_the_head(tmp_path) -> None:
+    images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    tower = EfficientNetLite("lite0", cache_dir=str(tmp_path)).eval()
+    x = images_to_tensor(images)
+    with torch.no_grad():
+        live = tower(x)
+    tower.precompute(_batches(images))
+    assert len(tower.pooled_cache) == 4
+
+    def broken(_x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the head ran")
+
+    tower._conv_head.forward = broken  # type: ignore[method-assign]
+    cached = tower(x)
+    torch.testing.assert_close(cached, live, atol=1e-5, rtol=1e-4)
+    # the vectors are ordinary tensors: a trained projection on top back-propagates
+    proj = torch.nn.Linear(1280, 4)
+    proj(cached).sum().backward()
+    assert proj.weight.grad is not None
+    with pytest.raises(AssertionError, match="the head ran"):
+        tower(images_to_tensor(255 - images))  # not cached: computed live
+    # a partly trainable tower keeps its head live
+    part = EfficientNetLite("lite0", cache_dir=str(tmp_path), trainable=1).eval()
+    part.precompute(_batches(images))
+    assert len(part.pooled_cache) == 0
+
+
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (3, 2), (5, 1), (5, 2)])
+def test_same_padding_without_a_padded_copy_equals_tensorflow_same(kernel, stride) -> None:
+    from alignfuse.encoders.efficientnet import SameConv2d
+
+    torch.manual_seed(kernel * 10 + stride)
+    conv = SameConv2d(4, 6, kernel, stride, groups=2)
+    for h, w in [(7, 9), (8, 16), (15, 8), (16, 16)]:
+        x = torch.randn(2, 4, h, w, requires_grad=True)
+        pads = conv.same_padding(x)
+        # TF SAME: output ceil(size / stride), extra padding after
+        assert pads[1] - pads[0] in (0, 1) and pads[3] - pads[2] in (0, 1)
+        ref = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(x, pads), conv.weight, None, stride, groups=2
+        )
+        out = conv(x)
+        assert out.shape[-2:] == (-(-h // stride), -(-w // stride))
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+        for a, b in zip(
+            torch.autograd.grad(out.square().sum(), [x, conv.weight]),
+            torch.autograd.grad(ref.square().sum(), [x, conv.weight]),
+            strict=True,
+        ):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

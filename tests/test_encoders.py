@@ -62,6 +62,33 @@ def test_minilm_is_a_real_pretrained_encoder():
     assert enc.frozen_params > 20_000_000
 
 
+@pytest.mark.skipif(not minilm_available(), reason="the minilm extra is not installed")
+def test_minilm_stores_embeddings_on_disk_and_reads_them_back(tmp_path, monkeypatch):
+    texts = ["a red circle", "a tax return form", "a red circle", "an owl"]
+    enc = alignfuse.create_encoder("minilm", cache_dir=str(tmp_path))
+    enc.precompute(texts, store=True)
+    (file,) = tmp_path.glob("*.safetensors")
+    fresh = enc(**enc.prepare(texts))
+    # a second encoder reads the file: the model is never run
+    again = alignfuse.create_encoder("minilm", cache_dir=str(tmp_path))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(again._model, "encode", no_model)
+    again.precompute(texts, store=True)
+    assert torch.equal(again(**again.prepare(texts)), fresh)
+    # other texts are another file; a corrupt file warns and is recomputed
+    with pytest.raises(AssertionError, match="the model ran"):
+        again.precompute(["a blue square"], store=True)
+    file.write_bytes(b"garbage")
+    third = alignfuse.create_encoder("minilm", cache_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="stale or corrupt"):
+        third.precompute(texts, store=True)
+    torch.testing.assert_close(third(**third.prepare(texts)), fresh)
+    assert third.fingerprint() == enc.fingerprint()
+
+
 def test_minilm_missing_path_is_clear(tmp_path):
     if not minilm_available():
         with pytest.raises(ImportError, match="minilm"):

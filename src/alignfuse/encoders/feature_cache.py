@@ -37,12 +37,17 @@ Digest = bytes
 
 
 def digest(row: torch.Tensor) -> Digest:
-    """A 16-byte BLAKE2b digest of one input's dtype, shape and bytes."""
-    t = row.detach().contiguous()
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.cpu().numpy().tobytes())
-    return h.digest()
+    """A 16-byte digest (truncated SHA-256: twice BLAKE2b's speed on CPUs with SHA
+    instructions) of one input's dtype, shape and bytes."""
+    t = row.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update((t.view(torch.uint8) if t.dtype == torch.bfloat16 else t).numpy().data)
+    return h.digest()[:16]
+
+
+def digests(inputs: torch.Tensor) -> list[Digest]:
+    """:func:`digest` of every row of ``inputs``."""
+    return [digest(row) for row in inputs]
 
 
 def state_fingerprint(params: Iterable[torch.Tensor]) -> str:
@@ -62,14 +67,14 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.store)
 
-    def lookup(self, inputs: torch.Tensor) -> torch.Tensor | None:
+    def lookup(self, inputs: torch.Tensor, keys: list[Digest] | None = None) -> torch.Tensor | None:
         """The cached outputs of every row of ``inputs`` (on its device), or ``None`` when
-        any row is missing."""
+        any row is missing. ``keys``: the rows' digests, when already computed."""
         if not self.store:
             return None
         rows = []
-        for row in inputs:
-            hit = self.store.get(digest(row))
+        for i, row in enumerate(inputs):
+            hit = self.store.get(digest(row) if keys is None else keys[i])
             if hit is None:
                 return None
             rows.append(hit)

