@@ -1,4 +1,5 @@
-"""oneDNN's float32 ``a @ b.T`` (the region-word products of SCAN) against plain products."""
+"""oneDNN's float32 ``a @ b.T`` (the region-word products of SCAN) and the batched matrix-vector
+products through numpy's BLAS (Sinkhorn's scaling iterations) against plain products."""
 
 import pytest
 import torch
@@ -55,3 +56,23 @@ def test_mm_nt_uses_onednn_only_without_autograd():
 def test_mm_nt_names_mismatched_operands(a, b):
     with torch.no_grad(), pytest.raises(ValueError, match=r"a \(m, k\) and b \(n, k\)"):
         mm_nt(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_matrix_vector_products_equal_bmm(dtype):
+    from alignfuse._matmul import bmv, bvm
+
+    g = torch.Generator().manual_seed(0)
+    mat = torch.randn(3, 7, 5, generator=g, dtype=dtype)
+    x, y = torch.randn(3, 5, generator=g, dtype=dtype), torch.randn(3, 7, generator=g, dtype=dtype)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(bmv(mat, x), torch.bmm(mat, x[:, :, None])[:, :, 0], **tol)
+    torch.testing.assert_close(bvm(y, mat), torch.bmm(y[:, None, :], mat)[:, 0], **tol)
+    # strided views and the transposed matrix
+    mt = mat.transpose(1, 2)
+    torch.testing.assert_close(bmv(mt, y), torch.bmm(mt, y[:, :, None])[:, :, 0], **tol)
+    assert bmv(mat, x).dtype == dtype
+    # with autograd: torch's product, and gradients flow
+    xr = x.clone().requires_grad_(True)
+    bmv(mat, xr).sum().backward()
+    torch.testing.assert_close(xr.grad, mat.sum(1), **tol)

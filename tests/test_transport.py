@@ -211,3 +211,109 @@ def test_default_tolerance_follows_the_dtype():
     assert bool(res.converged) and float(res.marginal_error) <= 1e-6
     res64 = sinkhorn(a, b, cost, reg=0.5)
     assert float(res64.marginal_error) <= 1e-9
+
+
+# ------------------------------------------------- stabilised scaling domain vs log domain
+
+
+def _both(a, b, cost, **kw):
+    auto = sinkhorn(a, b, cost, **kw)
+    log = sinkhorn(a, b, cost, method="log", **kw)
+    return auto, log
+
+
+@pytest.mark.parametrize("reg", [1.0, 0.1, 0.02])
+def test_scaling_domain_equals_the_log_domain_and_pot_plain(reg):
+    _, _, a, b, cost = _problem(20, 40, 35)
+    a[3] = 0.0  # a zero-mass source
+    a /= a.sum()
+    auto, log = _both(a, b, cost, reg=reg, tol=1e-11, max_iter=100000)
+    assert auto.domain == "scaling" and log.domain == "log"
+    assert auto.iterations == log.iterations and bool(auto.converged)
+    torch.testing.assert_close(auto.plan, log.plan, atol=1e-13, rtol=1e-9)
+    torch.testing.assert_close(auto.value, log.value, atol=0, rtol=1e-10)
+    torch.testing.assert_close(auto.f[a > 0], log.f[a > 0], atol=1e-9, rtol=1e-9)
+    assert float(auto.plan[3].abs().max()) == 0.0
+    # POT's plain (scaling) solver, on weights it can divide by
+    _, _, a, b, cost = _problem(25, 40, 35)
+    plain = ot.sinkhorn(a, b, cost, reg, method="sinkhorn", stopThr=1e-11, numItermax=100000)
+    ours = sinkhorn(a, b, cost, reg=reg, tol=1e-11, max_iter=100000)
+    np.testing.assert_allclose(ours.plan.numpy(), plain, atol=1e-12)
+
+
+def test_scaling_domain_unbalanced_and_batched_equal_the_log_domain():
+    probs = [_problem(s) for s in (21, 22)]
+    a = torch.tensor(np.stack([p[2] for p in probs]))
+    b = torch.tensor(np.stack([2 * p[3] for p in probs]))
+    c = torch.tensor(np.stack([p[4] for p in probs]))
+    for reg_m in (0.5, 5.0):
+        auto, log = _both(a, b, c, reg=0.05, reg_m=reg_m, tol=1e-12, max_iter=100000)
+        assert auto.domain == "scaling" and auto.iterations == log.iterations
+        torch.testing.assert_close(auto.plan, log.plan, atol=1e-13, rtol=1e-9)
+        torch.testing.assert_close(auto.value, log.value, atol=0, rtol=1e-10)
+    # balanced, batched
+    a2 = torch.tensor(np.stack([p[2] for p in probs]))
+    b2 = torch.tensor(np.stack([p[3] for p in probs]))
+    auto, log = _both(a2, b2, c, reg=0.05, tol=1e-12, max_iter=100000)
+    torch.testing.assert_close(auto.plan, log.plan, atol=1e-13, rtol=1e-9)
+
+
+def test_float32_scalings_are_absorbed_and_stay_right():
+    # float32 scalings leave [1e-10, 1e10] at this reg and are absorbed into the kernel
+    _, _, a, b, cost = _problem(23, 30, 30)
+    ref = sinkhorn(a, b, cost, reg=0.03, method="log", tol=1e-12, max_iter=100000)
+    res = sinkhorn(
+        torch.tensor(a).float(),
+        torch.tensor(b).float(),
+        torch.tensor(cost).float(),
+        reg=0.03,
+        tol=1e-6,
+        max_iter=100000,
+    )
+    assert res.domain == "scaling" and bool(res.converged)
+    torch.testing.assert_close(res.plan.double(), ref.plan, atol=2e-6, rtol=0)
+
+
+def test_small_reg_where_plain_scaling_fails():
+    # C / reg up to ~4,700: exp(-C / reg) underflows, and POT's plain solver stops far from
+    # the marginals; the absorbed kernel keeps every entry of the plan representable
+    _, _, a, b, cost = _problem(24, 30, 30)
+    assert cost.max() / 0.01 > 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = ot.sinkhorn(a, b, cost, 0.01, method="sinkhorn", numItermax=5000)
+    assert np.abs(np.nan_to_num(plain).sum(0) - b).max() > 1e-2
+    auto, log = _both(a, b, cost, reg=0.01, tol=1e-9, max_iter=50000)
+    assert auto.domain == "scaling" and bool(auto.converged)
+    assert auto.iterations == log.iterations
+    torch.testing.assert_close(auto.plan, log.plan, atol=1e-13, rtol=1e-9)
+
+
+def test_an_overflowing_scaling_falls_back_to_the_log_domain(monkeypatch):
+    # a kernel column that underflowed to zero (simulated: one product comes back zero)
+    # makes a scaling infinite; the solve continues in the log domain from the last finite
+    # iterate and ends where the log domain alone does
+    _, _, a, b, cost = _problem(26, 30, 30)
+    log = sinkhorn(a, b, cost, reg=0.05, tol=1e-10, max_iter=100000, method="log")
+    import alignfuse._matmul as mm
+
+    real_bvm, calls = mm.bvm, [0]
+
+    def flaky_bvm(vec, mat):  # K^T su, the products the column scalings divide by
+        out = real_bvm(vec, mat)
+        calls[0] += 1
+        if calls[0] == 5:
+            out = out.clone()
+            out.view(-1)[0] = 0.0
+        return out
+
+    monkeypatch.setattr(mm, "bvm", flaky_bvm)
+    auto = sinkhorn(a, b, cost, reg=0.05, tol=1e-10, max_iter=100000)
+    assert calls[0] == 5 and auto.domain == "scaling+log" and bool(auto.converged)
+    assert abs(auto.iterations - log.iterations) <= 10  # up to one check interval
+    torch.testing.assert_close(auto.plan, log.plan, atol=1e-11, rtol=1e-8)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method must be 'auto' or 'log'"):
+        sinkhorn(None, None, np.zeros((3, 3)), reg=0.1, method="fast")

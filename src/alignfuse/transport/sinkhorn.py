@@ -1,9 +1,20 @@
-"""Entropic optimal transport by Sinkhorn iterations in the log domain.
+"""Entropic optimal transport by Sinkhorn iterations, stabilised in the scaling domain with
+a log-domain fallback.
 
 Balanced problem (``reg_m=None``): ``min_P <P, C> + reg KL(P | a b^T)`` over plans with
 marginals ``a`` and ``b``. Unbalanced (``reg_m = tau``): the marginal constraints become
 penalties ``tau KL(P 1 | a) + tau KL(P^T 1 | b)`` (Chizat et al. 2018), as POT's
 ``sinkhorn_unbalanced`` with ``reg_type="kl"``.
+
+Solvers (``method``). ``"log"``: every half-step is a log-sum-exp over the ``n x m``
+log-kernel (robust at any ``reg``, one ``exp`` per entry per half-step). ``"auto"`` (default,
+float32 / float64): stabilised Sinkhorn (Schmitzer 2019, POT's ``sinkhorn_stabilized``): the
+log-potentials found so far are absorbed into the kernel ``K = exp(lk + alpha + beta)`` and
+the iterations update scalings with two matrix-vector products (no ``exp``), absorbing them
+into ``alpha, beta`` again (one ``exp`` pass) when one leaves ``[1 / tau, tau]``; if a
+scaling still overflows (a column of the kernel underflowed to zero, at tiny ``reg``), the
+solve continues in the log domain from the last finite iterate. Both give the same
+potentials, plan and iteration count up to rounding.
 
 The iterations run without autograd; one last differentiable update from the converged
 potentials then gives the gradients of the entropic value (envelope theorem: the gradient
@@ -36,6 +47,8 @@ class TransportResult:
         converged: whether the tolerance was reached (per problem).
         marginal_error: L2 error of the plan's column sums against ``b`` (balanced) or the
             last change of the log-scalings (unbalanced).
+        domain: where the iterations ran: ``"scaling"``, ``"log"``, or ``"scaling+log"``
+            (the stabilised solver fell back to the log domain).
     """
 
     value: torch.Tensor
@@ -46,6 +59,7 @@ class TransportResult:
     iterations: int
     converged: torch.Tensor
     marginal_error: torch.Tensor
+    domain: str = "log"
 
 
 def _weights(w: Any, n: int, b: int, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -106,8 +120,9 @@ def sinkhorn(
     tol: float | None = None,
     check_every: int = 10,
     warn: bool = True,
+    method: str = "auto",
 ) -> TransportResult:
-    """Entropic OT between weights ``a`` and ``b`` under ``cost``, log-domain Sinkhorn.
+    """Entropic OT between weights ``a`` and ``b`` under ``cost`` by Sinkhorn iterations.
 
     Args:
         a, b: weights ``(n,)`` / ``(B, n)`` and ``(m,)`` / ``(B, m)``; ``None`` for uniform.
@@ -119,8 +134,13 @@ def sinkhorn(
             ``check_every`` iterations, as POT) is at most ``tol``; by default 1e-9 in float64
             (POT's default) and 1e-6 in lower precision, where 1e-9 is out of reach.
         warn: warn with :class:`~alignfuse.errors.ConvergenceWarning` if not converged.
+        method: ``"auto"`` (stabilised scaling-domain iterations for float32 / float64
+            costs, falling back to the log domain when a scaling overflows) or ``"log"``
+            (log-domain iterations throughout); see the module docstring.
     """
     la_w, lb_w, c, single = check_problem(a, b, cost, reg)
+    if method not in ("auto", "log"):
+        raise ValueError(f"method must be 'auto' or 'log', got {method!r}")
     if reg_m is not None and not (isinstance(reg_m, (int, float)) and reg_m > 0):
         raise ValueError(
             f"reg_m (marginal relaxation) must be a positive number or None, got {reg_m!r}"
@@ -145,30 +165,21 @@ def sinkhorn(
         k = -cc / reg
         return k if reg_m is None else k + la[:, :, None] + lb[:, None, :]
 
-    bsz, n, m = c.shape
+    loop = _Loop(c, reg, la, lb, la_w, lb_w, fi, reg_m is None, max_iter, tol, check_every)
     with torch.no_grad():
-        lk = log_kernel(c)
-        lk_t = lk.transpose(1, 2).contiguous()  # both reductions run over contiguous rows
-        u = torch.zeros(bsz, n, dtype=c.dtype, device=c.device)
-        v = torch.zeros(bsz, m, dtype=c.dtype, device=c.device)
-        err = torch.full((bsz,), math.inf, dtype=c.dtype, device=c.device)
-        u_check, v_check = u, v
-        it = 0
-        while it < max_iter:
-            v = fi * (lb - _lse_rows(lk_t, u))
-            u = fi * (la - _lse_rows(lk, v))
-            it += 1
-            if (it - 1) % check_every == 0 or it == max_iter:
-                if reg_m is None:
-                    cols = torch.exp(v + _lse_rows(lk_t, u))
-                    err = torch.linalg.vector_norm(cols - lb_w, dim=-1)
-                else:
-                    du = (u - u_check).abs().amax(-1)
-                    dv = (v - v_check).abs().amax(-1)
-                    err = torch.maximum(du, dv)
-                    u_check, v_check = u, v
-                if bool((err <= tol).all()):
-                    break
+        # start from row potentials that put each row's largest kernel entry at 1, so no
+        # row of the kernel underflows (both domains start here and take the same steps)
+        u = loop.start_rows()
+        v = torch.zeros_like(lb)
+        domain = "log"
+        if method == "auto" and c.dtype in (torch.float32, torch.float64):
+            u, v, fell_back = loop.scaling(u, v)
+            domain = "scaling+log" if fell_back else "scaling"
+        if domain != "scaling":
+            lk = log_kernel(c)
+            lk_t = lk.transpose(1, 2).contiguous()  # both reductions over contiguous rows
+            u, v = loop.log(lk, lk_t, u, v)
+    err, it = loop.err, loop.it
     converged = err <= tol
     if warn and not bool(converged.all()):
         warnings.warn(
@@ -177,11 +188,17 @@ def sinkhorn(
             ConvergenceWarning,
             stacklevel=2,
         )
-    # one differentiable update from the detached potentials (envelope gradients)
-    lk = log_kernel(c)
-    v = fi * (lb - torch.logsumexp(lk + u.detach()[:, :, None], dim=1))
-    u = fi * (la - torch.logsumexp(lk + v[:, None, :], dim=2))
-    plan = torch.exp(lk + u[:, :, None] + v[:, None, :])
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in (c, la_w, lb_w))
+    if domain == "scaling" and not grads:
+        # the last update and the plan from the scalings (no log-sum-exp, no new n x m
+        # tensor: the kernel becomes the plan in place)
+        plan, u, v = loop.final_plan()
+    else:
+        # one differentiable update from the detached potentials (envelope gradients)
+        lk = log_kernel(c)
+        v = fi * (lb - torch.logsumexp(lk + u.detach()[:, :, None], dim=1))
+        u = fi * (la - torch.logsumexp(lk + v[:, None, :], dim=2))
+        plan = torch.exp(lk + u[:, :, None] + v[:, None, :])
     # potentials of P = a b^T exp((f + g - C) / reg)
     if reg_m is None:
         f = reg * torch.where(la_w > 0, u - la, torch.zeros_like(u))
@@ -197,10 +214,170 @@ def sinkhorn(
             + reg * _kl(plan, la_w[:, :, None] * lb_w[:, None, :])
             + reg_m * (_kl(plan.sum(2), la_w) + _kl(plan.sum(1), lb_w))
         )
-    out = TransportResult(value, transport, plan, f, g, it, converged, err)
+    out = TransportResult(value, transport, plan, f, g, it, converged, err, domain)
     if single:
-        out = TransportResult(value[0], transport[0], plan[0], f[0], g[0], it, converged[0], err[0])
+        out = TransportResult(
+            value[0], transport[0], plan[0], f[0], g[0], it, converged[0], err[0], domain
+        )
     return out
+
+
+class _Loop:
+    """Sinkhorn iterations on log-scalings ``u, v`` (``P = exp(lk + u + v)`` with the
+    log-kernel ``lk = -C / reg``, plus ``log a_i + log b_j`` for unbalanced problems), in the
+    log domain or the stabilised scaling domain, with the stopping rule of both."""
+
+    def __init__(
+        self,
+        c: torch.Tensor,
+        reg: float,
+        la: torch.Tensor,
+        lb: torch.Tensor,
+        la_w: torch.Tensor,
+        lb_w: torch.Tensor,
+        fi: float,
+        balanced: bool,
+        max_iter: int,
+        tol: float,
+        check_every: int,
+    ) -> None:
+        self.c, self.reg = c, reg
+        self.la, self.lb, self.a, self.b, self.fi = la, lb, la_w, lb_w, fi
+        self.balanced, self.max_iter, self.tol, self.every = balanced, max_iter, tol, check_every
+        self.it = 0
+        self.err = torch.full(la.shape[:1], math.inf, dtype=la.dtype, device=la.device)
+        self.check: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.pos_a, self.pos_b = la_w > 0, lb_w > 0
+        # the scaling domain's state: kernel with absorbed potentials alpha, beta; scalings
+        self.kern = self.alpha = self.beta = self.su = self.sv = self.ea = self.eb = la
+
+    def start_rows(self) -> torch.Tensor:
+        """Row potentials ``-max_j lk_ij`` (-inf for rows of zero mass)."""
+        top = (
+            (-self.c / self.reg).amax(2)
+            if self.balanced
+            else (self.lb[:, None, :] - self.c / self.reg).amax(2)
+        )
+        if not self.balanced:
+            top = top + self.la
+        return torch.where(self.pos_a, -top, torch.full_like(top, -math.inf))
+
+    def _due(self) -> bool:
+        return (self.it - 1) % self.every == 0 or self.it >= self.max_iter
+
+    def _unbalanced_done(self, u: torch.Tensor, v: torch.Tensor) -> bool:
+        """The error of unbalanced problems: the largest change of the log-scalings since
+        the last check (from the start at the first)."""
+        last = self.check if self.check is not None else (self.start_u, torch.zeros_like(v))
+        du = (u - last[0]).abs().amax(-1)
+        dv = (v - last[1]).abs().amax(-1)
+        self.err = torch.maximum(torch.nan_to_num(du), torch.nan_to_num(dv))
+        self.check = (u, v)
+        return bool((self.err <= self.tol).all())
+
+    def log(
+        self, lk: torch.Tensor, lk_t: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-domain iterations: each half-step a log-sum-exp over the log-kernel."""
+        fi, la, lb = self.fi, self.la, self.lb
+        if self.it == 0:
+            self.start_u = u
+        while self.it < self.max_iter:
+            v = fi * (lb - _lse_rows(lk_t, u))
+            u = fi * (la - _lse_rows(lk, v))
+            self.it += 1
+            if self._due():
+                if self.balanced:
+                    cols = torch.exp(v + _lse_rows(lk_t, u))
+                    self.err = torch.linalg.vector_norm(cols - self.b, dim=-1)
+                    done = bool((self.err <= self.tol).all())
+                else:
+                    done = self._unbalanced_done(u, v)
+                if done:
+                    break
+        return u, v
+
+    # ------------------------------------------------------------------- scaling domain
+
+    def _absorb(self, alpha: torch.Tensor, beta: torch.Tensor) -> None:
+        """Potentials ``alpha, beta`` into the kernel; scalings back to 1 (0: zero mass)."""
+        fi, dt = self.fi, self.c.dtype
+        self.alpha, self.beta = alpha, beta
+        rows, cols = alpha, beta
+        if not self.balanced:  # lk holds log a_i + log b_j too (finite where mass is)
+            rows = rows + torch.where(self.pos_a, self.la, torch.zeros_like(self.la))
+            cols = cols + torch.where(self.pos_b, self.lb, torch.zeros_like(self.lb))
+        kern = self.c * (-1.0 / self.reg)
+        kern.add_(rows[:, :, None]).add_(cols[:, None, :]).exp_()
+        self.kern = kern
+        # the marginal terms of the updates with the absorbed potentials folded in
+        ea = torch.exp(fi * self.la + (fi - 1) * alpha) if fi != 1 else self.a
+        eb = torch.exp(fi * self.lb + (fi - 1) * beta) if fi != 1 else self.b
+        self.ea = torch.where(self.pos_a, ea, torch.zeros_like(ea))
+        self.eb = torch.where(self.pos_b, eb, torch.zeros_like(eb))
+        self.su, self.sv = self.pos_a.to(dt), self.pos_b.to(dt)
+
+    def _update(self, weights: torch.Tensor, pos: torch.Tensor, prod: torch.Tensor) -> torch.Tensor:
+        out = weights / prod if self.fi == 1 else weights * prod.pow(-self.fi)
+        return torch.where(pos, out, torch.zeros_like(out))
+
+    def _logs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-scalings ``u = alpha + log su``, ``v = beta + log sv`` (-inf: no mass)."""
+
+        def one(x: torch.Tensor, base: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            val = base + torch.where(x > 0, x, torch.ones_like(x)).log()
+            return torch.where(pos, val, torch.full_like(val, -math.inf))
+
+        return one(self.su, self.alpha, self.pos_a), one(self.sv, self.beta, self.pos_b)
+
+    def scaling(self, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Stabilised iterations from log-scalings ``u, v``: scalings ``su, sv`` of the kernel
+        with the potentials ``alpha, beta`` absorbed, updated by matrix-vector products,
+        absorbed again when one leaves ``[1 / tau, tau]``. Returns log-scalings and whether
+        a scaling overflowed (then they are the last finite iterate, for the log domain)."""
+        from alignfuse._matmul import bmv, bvm
+
+        tau = 1e50 if self.c.dtype == torch.float64 else 1e10
+        pos_a, pos_b = self.pos_a, self.pos_b
+        self.start_u = u
+        self._absorb(u, v)
+        while self.it < self.max_iter:
+            sv = self._update(self.eb, pos_b, bvm(self.su, self.kern))
+            su = self._update(self.ea, pos_a, bmv(self.kern, sv))
+            big = torch.maximum(su.amax(), sv.amax())
+            small = torch.minimum(
+                torch.where(pos_a, su, torch.ones_like(su)).amin(),
+                torch.where(pos_b, sv, torch.ones_like(sv)).amin(),
+            )
+            if not bool(torch.isfinite(big) & (small > 0)):  # the kernel underflowed
+                u, v = self._logs()
+                return u, v, True
+            self.su, self.sv = su, sv
+            self.it += 1
+            if self._due():
+                if self.balanced:
+                    cols = self.sv * bvm(self.su, self.kern)
+                    self.err = torch.linalg.vector_norm(cols - self.b, dim=-1)
+                    done = bool((self.err <= self.tol).all())
+                else:
+                    done = self._unbalanced_done(*self._logs())
+                if done:
+                    break
+            if bool((big > tau) | (small < 1 / tau)):
+                self._absorb(*self._logs())
+        u, v = self._logs()
+        return u, v, False
+
+    def final_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One more update from the scalings, and the plan ``su K sv`` (the kernel's memory
+        becomes the plan's); with the log-scalings ``u, v``."""
+        from alignfuse._matmul import bmv, bvm
+
+        self.sv = self._update(self.eb, self.pos_b, bvm(self.su, self.kern))
+        self.su = self._update(self.ea, self.pos_a, bmv(self.kern, self.sv))
+        plan = self.kern.mul_(self.su[:, :, None]).mul_(self.sv[:, None, :])
+        u, v = self._logs()
+        return plan, u, v
 
 
 def _lse_rows(base: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
