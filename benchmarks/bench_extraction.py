@@ -18,23 +18,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -45,6 +32,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     import efficientnet_lite_pytorch as peer_pkg
+    from bench_export import median_rate
 
     from alignfuse.encoders.efficientnet import EfficientNetLite, _package_weights
     from alignfuse.engine.evaluate import images_to_tensor
@@ -85,9 +73,9 @@ def main() -> None:
         mine = ours.feature_map(batches[0])
     n = len(images)
     rates = {
-        "peer (efficientnet-lite-pytorch)": n / median_seconds(peer_pass, args.repeats),
-        "alignfuse modules (training path)": n / median_seconds(module_pass, args.repeats),
-        "alignfuse precompute (cache fill)": n / median_seconds(precompute_pass, args.repeats),
+        "peer (efficientnet-lite-pytorch)": median_rate(peer_pass, n, args.repeats),
+        "alignfuse modules (training path)": median_rate(module_pass, n, args.repeats),
+        "alignfuse precompute (cache fill)": median_rate(precompute_pass, n, args.repeats),
     }
     base = rates["peer (efficientnet-lite-pytorch)"]
     print(
