@@ -149,6 +149,11 @@ def test_nan_margins_are_refused():
         ("train.warmup_fraction=1.5", r"train.warmup_fraction must be in \[0, 1\)"),
         ("train.schedule=linear", "train.schedule must be one of cosine, constant"),
         ("train.optimizer=sgd", "train.optimizer must be one of adamw, adam"),
+        ("train.precision=fp8", "train.precision must be one of fp32, bf16, fp16, got 'fp8'"),
+        (
+            "train.precision=fp16 train.grad_cache_chunk=8",
+            "train.precision fp16 needs a gradient scaler",
+        ),
     ],
 )
 def test_settings_no_run_can_use_are_named_before_training(
@@ -157,7 +162,7 @@ def test_settings_no_run_can_use_are_named_before_training(
     from alignfuse.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        _trainer(tmp_path, [*tiny_overrides, override])
+        _trainer(tmp_path, [*tiny_overrides, *override.split()])
 
 
 def test_cuda_on_a_machine_without_it_is_named(monkeypatch):
@@ -251,3 +256,58 @@ def test_without_a_terminal_training_prints_plain_progress_lines(
     tr.fit()
     plain = [m for m in lines if "rows/s" in m]
     assert plain and all(re.search(r"epoch \d+ step \d+/\d+ loss \d+\.\d+", m) for m in plain)
+
+
+# ------------------------------------------------------------------ mixed precision
+
+
+def test_full_precision_loss_gets_float32_inputs_under_autocast():
+    from alignfuse.engine.fit import full_precision_loss
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, extra):
+            seen.append((x.dtype, extra["y"].dtype, torch.is_autocast_enabled("cpu")))
+            return (x @ extra["y"].T).logsumexp(1).mean()
+
+    loss = Spy()
+    full_precision_loss(loss)
+    full_precision_loss(loss)  # once is enough; twice changes nothing
+    lin = torch.nn.Linear(4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = lin(torch.randn(3, 4))
+        assert h.dtype == torch.bfloat16
+        out = loss(h, {"y": h})
+    assert seen == [(torch.float32, torch.float32, False)]
+    assert out.dtype == torch.float32
+    out.backward()
+    assert lin.weight.grad is not None and lin.weight.grad.dtype == torch.float32
+    assert not loss.state_dict()  # no wrapper module in the state dict
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes_exactly(tmp_path, tiny_overrides, precision):
+    over = [*tiny_overrides, f"train.precision={precision}"]
+    if precision == "fp16":  # emulated on CPUs: said once, at the start
+        with pytest.warns(UserWarning, match="fp16 on the CPU"):
+            _trainer(tmp_path, over, "warned")
+    full = _trainer(tmp_path, over, "full")
+    full.fit()
+    assert all(p.dtype == torch.float32 for p in full.model.parameters())
+    losses = [r["loss"] for r in full.history.train]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert (full.scaler is not None) == (precision == "fp16")
+    # not the float32 run: the forward really ran in lower precision
+    fp32 = _trainer(tmp_path, tiny_overrides, "fp32")
+    fp32.fit()
+    assert fp32.history.train != full.history.train
+    # a resumed run (the gradient scaler's state included) ends where the full one did
+    part = _trainer(tmp_path, over, "part")
+    part.fit(stop_after=5)
+    resumed = _trainer(tmp_path, over, "part")
+    resumed.fit(resume=True)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    if precision == "fp16":
+        assert resumed.scaler.state_dict() == full.scaler.state_dict()

@@ -82,7 +82,9 @@ class LossConfig:
 class TrainConfig:
     """Optimisation settings: AdamW (``optimizer: adamw``, or ``adam``) with linear warm-up
     then cosine decay (``schedule: cosine``) or a constant learning rate (``constant``); ``grad_clip: 0`` clips nothing,
-    ``eval_every: 0`` never validates, ``checkpoint_every: 0`` checkpoints at epoch ends only."""
+    ``eval_every: 0`` never validates, ``checkpoint_every: 0`` checkpoints at epoch ends only.
+    ``precision``: ``fp32``, or ``bf16`` / ``fp16`` autocast of the forward (losses in
+    float32; fp16 with a gradient scaler)."""
 
     epochs: int = 6
     batch_size: int = 128
@@ -99,6 +101,7 @@ class TrainConfig:
     max_steps: int | None = None
     captions_per_image: int = 5
     grad_cache_chunk: int | None = None
+    precision: str = "fp32"
 
 
 @dataclass

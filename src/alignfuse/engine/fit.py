@@ -41,6 +41,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,7 @@ def resolve_device(name: str) -> torch.device:
 def check_settings(cfg: ExperimentConfig) -> None:
     """Reject training and evaluation settings no run can use, naming the key."""
     t = cfg.train
-    checks = [
+    checks: list[tuple[str, object, bool, str]] = [
         ("train.epochs", t.epochs, t.epochs >= 1, "an integer >= 1"),
         ("train.batch_size", t.batch_size, t.batch_size >= 1, "an integer >= 1"),
         ("train.lr", t.lr, t.lr > 0 and math.isfinite(t.lr), "a positive finite number"),
@@ -103,9 +104,58 @@ def check_settings(cfg: ExperimentConfig) -> None:
     ]
     if t.max_steps is not None:
         checks.append(("train.max_steps", t.max_steps, t.max_steps >= 1, "an integer >= 1"))
+    checks.append(
+        (
+            "train.precision",
+            t.precision,
+            t.precision in PRECISIONS,
+            f"one of {', '.join(PRECISIONS)}",
+        )
+    )
+    if t.precision == "fp16" and t.grad_cache_chunk:
+        raise ConfigError(
+            "train.precision fp16 needs a gradient scaler, which train.grad_cache_chunk "
+            "(a step that back-propagates itself) does not use: choose bf16 or fp32"
+        )
     for key, value, ok, expected in checks:
         if not ok:
             raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def full_precision_loss(loss_fn: torch.nn.Module) -> None:
+    """Make ``loss_fn`` compute in float32 under autocast: its floating-point tensor inputs
+    (nested in lists, tuples and dicts too) are cast up and autocast is off inside, so its
+    log-sum-exps, temperatures and margins keep float32 numerics (the state dict is
+    unchanged)."""
+    if getattr(loss_fn, "_full_precision", False):
+        return
+    inner = loss_fn.forward
+
+    def up(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16):
+            return x.float()
+        if isinstance(x, (list, tuple)):
+            return type(x)(up(v) for v in x)
+        if isinstance(x, dict):
+            return {k: up(v) for k, v in x.items()}
+        return x
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(_device_type(args, kwargs), enabled=False):
+            return inner(*up(args), **up(kwargs))
+
+    loss_fn.forward = forward  # type: ignore[method-assign]
+    loss_fn._full_precision = True  # type: ignore[assignment]
+
+
+def _device_type(args: Any, kwargs: Any) -> str:
+    for x in [*args, *kwargs.values()]:
+        if isinstance(x, torch.Tensor):
+            return x.device.type
+    return "cpu"
 
 
 def seed_everything(seed: int) -> None:
@@ -193,6 +243,20 @@ class Fit:
         self.optimizer = OPTIMIZERS[cfg.train.optimizer](
             params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
+        self.autocast_dtype = PRECISIONS[cfg.train.precision]
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type)  # type: ignore[attr-defined]
+            if cfg.train.precision == "fp16"
+            else None
+        )
+        if self.autocast_dtype is not None:
+            full_precision_loss(self.loss_fn)
+        if cfg.train.precision == "fp16" and self.device.type == "cpu":
+            warnings.warn(
+                "train.precision fp16 on the CPU: most CPUs have no float16 arithmetic, so it "
+                "is emulated (13x slower than fp32 on the AMD EPYC of BENCHMARKS.md); use bf16",
+                stacklevel=2,
+            )
         task.setup(self.model, self.loss_fn, self.device, self.world)
         if self.world > 1:
             self._broadcast_parameters()
@@ -272,7 +336,12 @@ class Fit:
         batch = self.task.batch(epoch, index, self.rank, self.world)
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            out = self.task.step(self.model, self.loss_fn, batch)
+            with torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ):
+                out = self.task.step(self.model, self.loss_fn, batch)
         except ValueError as err:  # a NaN refused inside the step: the run diverged
             finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
             if finite and "NaN" not in str(err):
@@ -283,7 +352,8 @@ class Fit:
         if not math.isfinite(value):
             self._diverged(epoch, value)
         if out.loss.requires_grad:  # a step that back-propagated itself returns it detached
-            out.loss.backward()  # type: ignore[no-untyped-call]
+            loss = self.scaler.scale(out.loss) if self.scaler is not None else out.loss
+            loss.backward()  # type: ignore[no-untyped-call]
         if self.world > 1:
             self._sum_gradients()
         return value
@@ -324,6 +394,8 @@ class Fit:
             "epoch_losses": self._epoch_losses,
             "train_seconds": self.elapsed(),
         }
+        if self.scaler is not None:
+            state["grad_scaler"] = dict(self.scaler.state_dict())  # plain numbers
         try:
             return self._write(opt_tensors, state)
         except OSError as err:  # a full disk, a read-only folder: the last checkpoint stands
@@ -373,6 +445,8 @@ class Fit:
                     f"RNG state for rank {self.rank}; resume with the same number of processes"
                 )
         self.optimizer.load_state_dict(unflatten_optimizer(opt, state["optimizer"]))
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(dict(state["grad_scaler"]))
         if rng is not None:
             torch.set_rng_state(rng)
         self.step = int(state["step"])
@@ -463,9 +537,15 @@ class Fit:
             for index in range(first, last):
                 self.set_learning_rate()
                 value = self.train_step(epoch, index)
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
                 if self.cfg.train.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self._trained(), self.cfg.train.grad_clip)
-                self.optimizer.step()
+                if self.scaler is not None:  # skips a step whose gradients overflowed
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 self.step += 1
                 run_steps += 1
                 losses.append(value)

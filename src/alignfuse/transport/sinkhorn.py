@@ -11,14 +11,18 @@ log-kernel (robust at any ``reg``, one ``exp`` per entry per half-step). ``"auto
 float32 / float64): stabilised Sinkhorn (Schmitzer 2019, POT's ``sinkhorn_stabilized``): the
 log-potentials found so far are absorbed into the kernel ``K = exp(lk + alpha + beta)`` and
 the iterations update scalings with two matrix-vector products (no ``exp``), absorbing them
-into ``alpha, beta`` again (one ``exp`` pass) when one leaves ``[1 / tau, tau]``; if a
-scaling still overflows (a column of the kernel underflowed to zero, at tiny ``reg``), the
-solve continues in the log domain from the last finite iterate. Both give the same
-potentials, plan and iteration count up to rounding.
+into ``alpha, beta`` again (one ``exp`` pass) when one leaves ``[1 / tau, tau]``
+(``tau = 1e50`` in float64, ``1e10`` in float32); if a scaling still overflows (a product
+that underflowed to zero), the solve continues in the log domain from the last finite
+iterate. Both start from row potentials that put each row's largest kernel entry at 1 and
+take the same steps: the same potentials, plan and iteration count up to rounding. The
+matrix-vector products go through :func:`alignfuse._matmul.bmv` (numpy's BLAS on the CPU).
 
 The iterations run without autograd; one last differentiable update from the converged
 potentials then gives the gradients of the entropic value (envelope theorem: the gradient
 with respect to the cost is the plan), so backpropagating through a solve costs one step.
+Without gradients, the stabilised solver computes that update and the plan from its
+scalings instead (the kernel's memory becomes the plan).
 """
 
 from __future__ import annotations
