@@ -1,15 +1,13 @@
 """Top-k retrieval at scale: alignfuse's exact chunked search against FAISS's exact flat index,
-and pretrained-tower feature extraction throughput, measured in one run.
+measured in one run (feature extraction throughput: ``bench_extraction.py``).
 
     python benchmarks/bench_search.py                 # 100,000 x 100,000, dim 256, top 10
-    python benchmarks/bench_search.py --n 20000 --features 256
+    python benchmarks/bench_search.py --n 20000
 
 Search: unit vectors in ``--dim`` dimensions (queries and keys drawn independently); both
 backends return the top ``--k`` indices of every query; agreement is the share of equal index
 rows. Peak memory is the process's maximum resident set size after each step (the keys and
-queries themselves take ``2 n dim 4`` bytes). Features: EfficientNet-Lite0 images per second
-through alignfuse's preprocessing (128-pixel inputs resized to 224), the frozen prefix alone
-(what the feature cache stores), in batches of 64.
+queries themselves take ``2 n dim 4`` bytes).
 """
 
 from __future__ import annotations
@@ -51,32 +49,13 @@ def search(n: int, dim: int, k: int) -> None:
     )
 
 
-def features(n: int) -> None:
-    from alignfuse.encoders.efficientnet import EfficientNetLite
-
-    tower = EfficientNetLite("lite0").eval()
-    x = torch.randn(n, 3, 128, 128)
-    with torch.inference_mode():
-        tower.prefix(x[:8])
-        t = time.perf_counter()
-        for i in range(0, n, 64):
-            tower.prefix(x[i : i + 64])
-        dt = time.perf_counter() - t
-    print(
-        f"EfficientNet-Lite0 frozen prefix: {n / dt:.1f} images/s ({torch.get_num_threads()} threads)"
-    )
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--features", type=int, default=512, help="images for the throughput (0: skip)")
     args = p.parse_args()
     search(args.n, args.dim, args.k)
-    if args.features:
-        features(args.features)
 
 
 if __name__ == "__main__":

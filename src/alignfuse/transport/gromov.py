@@ -1,6 +1,6 @@
 """Entropic Gromov-Wasserstein and fused Gromov-Wasserstein (Peyré et al. 2016; Vayer et al.
 2019), with the square loss, by projected mirror descent: each outer step solves an entropic
-OT problem (log-domain Sinkhorn) under the linearised GW cost, as POT's
+OT problem (:func:`~alignfuse.transport.sinkhorn`) under the linearised GW cost, as POT's
 ``entropic_gromov_wasserstein`` (solver "PGD").
 
 GW compares two metric-measure spaces through their intra-domain structure only (``C1``
