@@ -1,6 +1,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,7 +150,7 @@ def test_nan_margins_are_refused():
         ("train.warmup_fraction=1.5", r"train.warmup_fraction must be in \[0, 1\)"),
         ("train.schedule=linear", "train.schedule must be one of cosine, constant"),
         ("train.optimizer=sgd", "train.optimizer must be one of adamw, adam"),
-        ("train.precision=fp8", "train.precision must be one of fp32, bf16, fp16, got 'fp8'"),
+        ("train.precision=fp8", "train.precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
         (
             "train.precision=fp16 train.grad_cache_chunk=8",
             "train.precision fp16 needs a gradient scaler",
@@ -284,6 +285,58 @@ def test_full_precision_loss_gets_float32_inputs_under_autocast():
     out.backward()
     assert lin.weight.grad is not None and lin.weight.grad.dtype == torch.float32
     assert not loss.state_dict()  # no wrapper module in the state dict
+
+
+def _cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the Linux CPU flags")
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_instructions(
+    tmp_path, tiny_overrides, monkeypatch
+):
+    from alignfuse.engine.fit import native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    native = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert native_bf16(cpu) == native
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    for fixed in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(fixed, cpu) == fixed
+    # the trainer uses the resolved precision: autocast in bf16, or none
+    for has, want, dtype in ((True, "bf16", torch.bfloat16), (False, "fp32", None)):
+        monkeypatch.setattr("alignfuse.engine.fit.native_bf16", lambda d, has=has: has)
+        trainer = _trainer(tmp_path, [*tiny_overrides, "train.precision=auto"], want)
+        assert (trainer.precision, trainer.autocast_dtype, trainer.scaler) == (want, dtype, None)
+
+
+def test_channels_last_changes_layout_not_results_and_resumes_exactly(tmp_path, tiny_overrides):
+    over = [*tiny_overrides, "train.channels_last=true"]
+    nhwc = _trainer(tmp_path, over, "nhwc")
+    convs = [p for p in nhwc.model.parameters() if p.dim() == 4]
+    assert convs and all(
+        p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs
+    )
+    nhwc.fit()
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    plain = _trainer(tmp_path, tiny_overrides, "plain")
+    plain.fit()
+    # the same training up to rounding: the first losses agree to float32 precision
+    pairs = zip(nhwc.history.train, plain.history.train, strict=True)
+    first = [(a["loss"], b["loss"]) for a, b in pairs]
+    assert first and all(abs(a - b) <= 1e-4 * abs(b) for a, b in first[:3])
+    # a resumed run (optimizer state read back in the default layout) ends bit-identical
+    part = _trainer(tmp_path, [*over, "train.precision=bf16"], "part")
+    part.fit(stop_after=5)
+    resumed = _trainer(tmp_path, [*over, "train.precision=bf16"], "part")
+    resumed.fit(resume=True)
+    full = _trainer(tmp_path, [*over, "train.precision=bf16"], "full")
+    full.fit()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

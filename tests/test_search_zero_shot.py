@@ -178,6 +178,9 @@ def test_report_tables_show_what_was_measured(tmp_path) -> None:
     board = leaderboard_markdown(rows)
     assert "zero-shot top-1" in board and "40.0" in board
     assert "test_dk rsum" not in board and "wino text" not in board  # nobody measured them
+    assert "precision" not in board  # every run trained in float32
+    bf16 = leaderboard_markdown([{**rows[0], "precision": "bf16"}, rows[1]])
+    assert "| train s | precision | params |" in bf16 and "| 3 | bf16 | 0.00M |" in bf16
     table = classification_markdown(rows)
     assert "| a | 40.0 | 50.0 | 0.900 | 0.600 |" in table
     assert _plot_per_class(rows, ["animals", "food", "office"], tmp_path / "zs.png")

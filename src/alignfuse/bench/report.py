@@ -82,7 +82,15 @@ def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
     ok = [r for r in rows if r.get("status") == "ok"]
     # a column no experiment measured (no test_dk split, no class labels) is left out
     columns = [c for c in COLUMNS if not ok or any(c[1] in r["metrics"] for r in ok)]
-    head = ["model", *[c[0] for c in columns], "train s", "params"]
+    # the precision column appears when some experiment did not train in float32
+    mixed = any(r.get("precision", "fp32") != "fp32" for r in ok)
+    head = [
+        "model",
+        *[c[0] for c in columns],
+        "train s",
+        *(["precision"] if mixed else []),
+        "params",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("status") != "ok":
@@ -95,7 +103,8 @@ def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
         params = f"{r['trainable_params'] / 1e6:.2f}M"
         if r.get("frozen_params"):
             params += f" (+{r['frozen_params'] / 1e6:.1f}M frozen)"
-        cells += [f"{r['train_seconds']:.0f}", params]
+        cells += [f"{r['train_seconds']:.0f}", *([r.get("precision", "fp32")] if mixed else [])]
+        cells.append(params)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -71,6 +71,7 @@ def run_experiment(
         "metrics": metrics,
         "train_seconds": round(fit.train_seconds, 2),  # training only, across resumptions
         "eval_seconds": round(eval_seconds, 2),
+        "precision": fit.precision,  # train.precision as resolved (auto: bf16 or fp32)
         "trainable_params": n_params,
         "frozen_params": _frozen_params(fit.model),
         "steps": fit.step,
@@ -136,7 +137,10 @@ def run_suite(
         row, fit, art = run_experiment(cfg, data, run_dir, progress, log)
         rows.append(row)
         artefacts[cfg.name] = (fit, art, data)
-        log(f"{header}: {fit.task.headline(row['metrics'])}, train {row['train_seconds']:.0f} s")
+        log(
+            f"{header}: {fit.task.headline(row['metrics'])}, "
+            f"train {row['train_seconds']:.0f} s ({row['precision']})"
+        )
         write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     total = time.perf_counter() - t_suite

@@ -108,8 +108,8 @@ def check_settings(cfg: ExperimentConfig) -> None:
         (
             "train.precision",
             t.precision,
-            t.precision in PRECISIONS,
-            f"one of {', '.join(PRECISIONS)}",
+            t.precision in PRECISIONS or t.precision == "auto",
+            f"one of auto, {', '.join(PRECISIONS)}",
         )
     )
     if t.precision == "fp16" and t.grad_cache_chunk:
@@ -123,6 +123,27 @@ def check_settings(cfg: ExperimentConfig) -> None:
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA device that supports it, or a
+    CPU with AVX-512 BF16 or AMX instructions (elsewhere PyTorch emulates bfloat16, slower
+    than float32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run trains in: ``auto`` is ``bf16`` where ``device`` has native
+    bfloat16 arithmetic (:func:`native_bf16`) and ``fp32`` elsewhere; any other value is
+    itself."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def full_precision_loss(loss_fn: torch.nn.Module) -> None:
@@ -232,6 +253,9 @@ class Fit:
 
             apply_initial_state(model, init)
         self.model = model.to(self.device)
+        if cfg.train.channels_last:  # 4-D weights (convolutions) stored NHWC
+            nhwc = torch.channels_last
+            self.model = self.model.to(memory_format=nhwc)  # type: ignore[call-overload]
         self.loss_fn = loss_fn.to(self.device)
         params = [
             p for p in [*self.model.parameters(), *self.loss_fn.parameters()] if p.requires_grad
@@ -243,15 +267,16 @@ class Fit:
         self.optimizer = OPTIMIZERS[cfg.train.optimizer](
             params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
-        self.autocast_dtype = PRECISIONS[cfg.train.precision]
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.autocast_dtype = PRECISIONS[self.precision]
         self.scaler = (
             torch.amp.GradScaler(self.device.type)  # type: ignore[attr-defined]
-            if cfg.train.precision == "fp16"
+            if self.precision == "fp16"
             else None
         )
         if self.autocast_dtype is not None:
             full_precision_loss(self.loss_fn)
-        if cfg.train.precision == "fp16" and self.device.type == "cpu":
+        if self.precision == "fp16" and self.device.type == "cpu":
             warnings.warn(
                 "train.precision fp16 on the CPU: most CPUs have no float16 arithmetic, so it "
                 "is emulated (13x slower than fp32 on the AMD EPYC of BENCHMARKS.md); use bf16",
