@@ -28,6 +28,8 @@ def test_train_eval_and_errors(tmp_path, capsys, tiny_overrides):
     assert "--resume" in capsys.readouterr().err
     assert main(["eval", str(out)]) == 0
     assert json.loads(capsys.readouterr().out) == metrics
+    assert main(["eval", str(out), "--splits", "nope"]) == 2
+    assert "eval.splits names ['nope'], which the data does not have" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 2
     assert main(["train", str(cfg), "model.embd_dim=3"]) == 2
     assert "did you mean 'model.embed_dim'" in capsys.readouterr().err

@@ -313,32 +313,6 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_instructions(
         assert (trainer.precision, trainer.autocast_dtype, trainer.scaler) == (want, dtype, None)
 
 
-def test_channels_last_changes_layout_not_results_and_resumes_exactly(tmp_path, tiny_overrides):
-    over = [*tiny_overrides, "train.channels_last=true"]
-    nhwc = _trainer(tmp_path, over, "nhwc")
-    convs = [p for p in nhwc.model.parameters() if p.dim() == 4]
-    assert convs and all(
-        p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs
-    )
-    nhwc.fit()
-    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-    plain = _trainer(tmp_path, tiny_overrides, "plain")
-    plain.fit()
-    # the same training up to rounding: the first losses agree to float32 precision
-    pairs = zip(nhwc.history.train, plain.history.train, strict=True)
-    first = [(a["loss"], b["loss"]) for a, b in pairs]
-    assert first and all(abs(a - b) <= 1e-4 * abs(b) for a, b in first[:3])
-    # a resumed run (optimizer state read back in the default layout) ends bit-identical
-    part = _trainer(tmp_path, [*over, "train.precision=bf16"], "part")
-    part.fit(stop_after=5)
-    resumed = _trainer(tmp_path, [*over, "train.precision=bf16"], "part")
-    resumed.fit(resume=True)
-    full = _trainer(tmp_path, [*over, "train.precision=bf16"], "full")
-    full.fit()
-    for k, v in full.model.state_dict().items():
-        assert torch.equal(v, resumed.model.state_dict()[k]), k
-
-
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_resumes_exactly(tmp_path, tiny_overrides, precision):
     over = [*tiny_overrides, f"train.precision={precision}"]

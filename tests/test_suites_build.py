@@ -32,9 +32,13 @@ def test_every_experiment_of_a_training_suite_builds(name):
             model = build_model(cfg, tok)
             build_loss(cfg)
         elif cfg.task.name == "schema_linking":  # a linker needs no data to be built
+            from alignfuse.models.linkers import VocabScorer
             from alignfuse.registry import LOSSES, MODELS
 
-            model = MODELS.create(cfg.model.name, **cfg.model.args)
+            own = issubclass(MODELS.get(cfg.model.name).factory, VocabScorer)
+            model = MODELS.create(
+                cfg.model.name, **cfg.model.args, **({"tokenizer": tok} if own else {})
+            )
             LOSSES.create(cfg.loss.name, **cfg.loss.args)
             if not list(model.parameters()):
                 continue  # a lexical or zero-shot linker: nothing to count

@@ -86,9 +86,7 @@ class TrainConfig:
     ``precision``: ``fp32``, or ``bf16`` / ``fp16`` autocast of the forward (losses in
     float32; fp16 with a gradient scaler), or ``auto``: ``bf16`` where the device has native
     bfloat16 arithmetic (a CUDA GPU that supports it, a CPU with AVX-512 BF16 or AMX), else
-    ``fp32``. ``channels_last``: store the model's 4-D weights (convolutions) channels-last,
-    so convolutions run in NHWC layout (faster on CPUs with oneDNN and on tensor-core GPUs;
-    the results differ from the default layout by rounding only)."""
+    ``fp32``."""
 
     epochs: int = 6
     batch_size: int = 128
@@ -106,7 +104,6 @@ class TrainConfig:
     captions_per_image: int = 5
     grad_cache_chunk: int | None = None
     precision: str = "fp32"
-    channels_last: bool = False
 
 
 @dataclass

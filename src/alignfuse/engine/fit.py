@@ -253,9 +253,6 @@ class Fit:
 
             apply_initial_state(model, init)
         self.model = model.to(self.device)
-        if cfg.train.channels_last:  # 4-D weights (convolutions) stored NHWC
-            nhwc = torch.channels_last
-            self.model = self.model.to(memory_format=nhwc)  # type: ignore[call-overload]
         self.loss_fn = loss_fn.to(self.device)
         params = [
             p for p in [*self.model.parameters(), *self.loss_fn.parameters()] if p.requires_grad

@@ -2,6 +2,7 @@
 :class:`~alignfuse.outputs.LossOutput`."""
 
 from alignfuse.losses.contrastive import ContrastiveLoss, contrastive
+from alignfuse.losses.focal import FocalLoss, candidate_focal, focal_loss
 from alignfuse.losses.info_nce import InfoNCELoss, info_nce, info_nce_from_similarity
 from alignfuse.losses.local import LocalContrastiveLoss, local_contrastive, local_similarity
 from alignfuse.losses.matching import MatchingLoss, PairHead, matching, sample_hard_negatives
@@ -15,6 +16,7 @@ from alignfuse.losses.triplet_center import TripletCenterLoss, triplet_center
 
 __all__ = [
     "ContrastiveLoss",
+    "FocalLoss",
     "InfoNCELoss",
     "LocalContrastiveLoss",
     "MatchingLoss",
@@ -26,7 +28,9 @@ __all__ = [
     "TokenWiseLoss",
     "TripletCenterLoss",
     "TripletLoss",
+    "candidate_focal",
     "contrastive",
+    "focal_loss",
     "info_nce",
     "info_nce_from_similarity",
     "local_contrastive",

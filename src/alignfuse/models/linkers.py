@@ -14,9 +14,13 @@ Two kinds, told apart by what they score (:class:`TextScorer`, :class:`Embedding
   or Procrustes fitted in closed form on the training (question, gold item) pairs), and
   ``schema_graph_encoder`` (relation-aware: items exchange information along the schema
   graph before the heads, after RAT-SQL);
+- on the words, with towers trained from scratch on the training vocabulary:
+  ``vocab_dual_encoder`` (a BiGRU dual encoder);
 - on contextual token embeddings: ``token_scan`` (SCAN's stacked cross attention) and
   ``token_ot`` (optimal transport, UNITER's word-region alignment), zero-shot or with
-  trained token maps.
+  trained token maps, and ``cross_encoder`` (ITM-style: the question and one item in one
+  stream through a trained single-stream Transformer, a match logit per item; trained with
+  focal loss as RESDSQL's schema classifier).
 
 Example:
     >>> from alignfuse.data.spider import Schema
@@ -39,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.data.spider import Schema
+from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.registry import MODELS
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -173,6 +178,63 @@ class SchemaDualEncoder(nn.Module):
         q = F.normalize(self.question_head(questions), dim=-1)
         i = F.normalize(self.item_head(items), dim=-1)
         return torch.einsum("bd,bmd->bm", q, i)
+
+
+@runtime_checkable
+class VocabScorer(Protocol):
+    """Encodes raw text with its own word vocabulary (towers trained from scratch); the task
+    builds it with ``tokenizer=`` the training vocabulary."""
+
+    def encode_texts(self, texts: Sequence[str], side: str) -> torch.Tensor: ...
+
+
+@MODELS.register("vocab_dual_encoder")
+class VocabDualEncoder(nn.Module):
+    """A dual encoder trained from scratch on the training vocabulary, as the default
+    suite's text tower: word embeddings and a BiGRU, mean pooled
+    (:class:`~alignfuse.encoders.text.BiGRUTextEncoder`), one tower shared by questions
+    and schema-item serialisations (:func:`item_texts`), a linear head per side; scores are
+    cosines. A word the training questions and schemas never use is ``<unk>``, so this is
+    the linker that shows what pretraining brings to unseen synonyms.
+
+    Args:
+        tokenizer: the training vocabulary (the task passes it).
+        word_dim, hidden: the BiGRU's word and hidden widths.
+        dim: the shared embedding width.
+        max_len: words read per text.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer | None = None,
+        word_dim: int = 128,
+        hidden: int = 128,
+        dim: int = 256,
+        max_len: int = 48,
+    ) -> None:
+        super().__init__()
+        from alignfuse.encoders.text import BiGRUTextEncoder
+
+        if tokenizer is None:
+            raise ValueError("vocab_dual_encoder needs tokenizer= the training vocabulary")
+        if min(word_dim, hidden, dim, max_len) < 1:
+            raise ValueError(
+                f"word_dim, hidden, dim and max_len must be >= 1, got {word_dim}, {hidden}, {dim}, {max_len}"
+            )
+        self.tower = BiGRUTextEncoder(tokenizer, word_dim, hidden)
+        self.tower.max_len = max_len
+        self.heads = nn.ModuleDict(
+            {side: nn.Linear(self.tower.out_dim, dim) for side in ("question", "item")}
+        )
+
+    def encode_texts(self, texts: Sequence[str], side: str) -> torch.Tensor:
+        """``(N, dim)`` unit embeddings of ``texts`` (``side``: ``question`` or ``item``)."""
+        if side not in self.heads:
+            raise ValueError(f"side must be 'question' or 'item', got {side!r}")
+        batch = self.tower.prepare(texts)
+        device = self.tower.embed.weight.device
+        pooled = self.tower(batch["ids"].to(device), batch["lengths"])
+        return F.normalize(self.heads[side](pooled), dim=-1)
 
 
 @runtime_checkable
@@ -340,6 +402,48 @@ class TokenOTLinker(_TokenHeads):
         q, i = self.map(question, items)
         qs = q[None].expand(i.shape[0], -1, -1)
         return -word_region_distance(i, qs, item_mask, None, max_iter=self.max_iter)
+
+
+@MODELS.register("cross_encoder")
+class CrossEncoderLinker(nn.Module):
+    """A cross-encoder (image-text matching's single stream, as ViLT / UNITER and ALBEF's
+    ITM head): the question's tokens and one item's tokens, each with a type embedding,
+    behind a [CLS] token through a trained Transformer encoder
+    (:class:`~alignfuse.fusion.attention.SingleStreamFusion`); a linear map of [CLS] is the
+    item's match logit. Every item of the database is a separate stream, so each item's
+    score sees the whole question and vice versa (a dual encoder sees neither). Its inputs
+    are the frozen encoder's contextual tokens; RESDSQL trains its schema classifier with
+    focal loss (``loss: focal`` with ``alpha: 0.75``).
+
+    Args:
+        dim: token width (384 for MiniLM).
+        width, heads, layers: the Transformer's.
+    """
+
+    def __init__(self, dim: int = 384, width: int = 128, heads: int = 4, layers: int = 2) -> None:
+        super().__init__()
+        from alignfuse.fusion.attention import SingleStreamFusion
+
+        self.fusion = SingleStreamFusion(
+            {"question": dim, "item": dim}, 1, width=width, heads=heads, layers=layers
+        )
+
+    def score_tokens(
+        self, question: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``(Lq, D)`` question tokens against ``(M, L, D)`` item tokens: ``(M,)`` logits."""
+        if question.ndim != 2 or items.ndim != 3 or item_mask.shape != items.shape[:2]:
+            raise ValueError(
+                "score_tokens takes question (Lq, D), items (M, L, D) and item_mask (M, L), "
+                f"got {tuple(question.shape)}, {tuple(items.shape)}, {tuple(item_mask.shape)}"
+            )
+        m = items.shape[0]
+        q = question[None].expand(m, -1, -1)
+        q_mask = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
+        out: torch.Tensor = self.fusion(
+            {"question": q, "item": items}, {"question": q_mask, "item": item_mask}
+        )
+        return out[:, 0]
 
 
 def schema_graph(schema: Schema) -> torch.Tensor:

@@ -33,6 +33,7 @@ from torch import nn
 
 from alignfuse.config import ExperimentConfig
 from alignfuse.data.spider import LinkingData, LinkingExample, Schema
+from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.errors import ConfigError
 from alignfuse.metrics.linking import best_threshold, linking_metrics
 from alignfuse.models.linkers import (
@@ -42,6 +43,7 @@ from alignfuse.models.linkers import (
     PairFitScorer,
     TextScorer,
     TokenScorer,
+    VocabScorer,
     item_texts,
     schema_graph,
 )
@@ -190,6 +192,26 @@ class SchemaLinkingTask(TaskDefaults):
         self.embeddings: _Embeddings | None = None
         self._order: tuple[int, np.ndarray] | None = None
         self._graphs: dict[tuple[str, str], torch.Tensor] = {}
+        self._item_texts: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        vocab = Path(run_dir) / "vocab.json"
+        self.tokenizer: Tokenizer | None = Tokenizer.load(vocab) if vocab.is_file() else None
+
+    def vocabulary(self) -> Tokenizer:
+        """The words of the training questions and of the training schemas' item
+        serialisations (read from the run folder when it has one): the vocabulary of the
+        linkers trained from scratch."""
+        if self.tokenizer is None:
+            texts = [e.question for e in self.train.examples]
+            for schema in self.train.schemas.values():
+                tables, columns = item_texts(schema)
+                texts += tables + columns
+            self.tokenizer = Tokenizer.build(texts)
+        return self.tokenizer
+
+    def save(self, run_dir: Path) -> None:
+        super().save(run_dir)  # config.yaml
+        if self.tokenizer is not None:
+            self.tokenizer.save(run_dir / "vocab.json")
 
     @staticmethod
     def load_data(cfg: ExperimentConfig) -> dict[str, LinkingData]:
@@ -205,7 +227,7 @@ class SchemaLinkingTask(TaskDefaults):
 
     def build(self) -> tuple[nn.Module, nn.Module]:
         factory = MODELS.get(self.cfg.model.name).factory
-        kinds = (TextScorer, EmbeddingScorer, TokenScorer, GraphScorer)
+        kinds = (TextScorer, EmbeddingScorer, TokenScorer, GraphScorer, VocabScorer)
         if not (isinstance(factory, type) and issubclass(factory, kinds)):
             linkers = [
                 n
@@ -215,7 +237,10 @@ class SchemaLinkingTask(TaskDefaults):
             raise ConfigError(
                 f"model {self.cfg.model.name!r} is not a schema linker (linkers: {', '.join(linkers)})"
             )
-        model: nn.Module = MODELS.create(self.cfg.model.name, **self.cfg.model.args)
+        args = dict(self.cfg.model.args)
+        if issubclass(factory, VocabScorer):
+            args["tokenizer"] = self.vocabulary()
+        model: nn.Module = MODELS.create(self.cfg.model.name, **args)
         loss: nn.Module = LOSSES.create(self.cfg.loss.name, **self.cfg.loss.args)
         return model, loss
 
@@ -281,6 +306,8 @@ class SchemaLinkingTask(TaskDefaults):
         self, model: nn.Module, split: str, examples: list[LinkingExample]
     ) -> dict[str, list[torch.Tensor]]:
         """Each question's scores over its database's tables and columns (with gradients)."""
+        if isinstance(model, VocabScorer):
+            return self._vocab_scores(model, split, examples)
         emb = self.embeddings
         assert emb is not None
         out: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
@@ -295,11 +322,7 @@ class SchemaLinkingTask(TaskDefaults):
             return out
         if isinstance(model, GraphScorer):  # every item of the database at once
             for e in examples:
-                schema = (
-                    self.splits[split].schemas[e.db_id]
-                    if split in self.splits
-                    else self.train.schemas[e.db_id]
-                )
+                schema = self._schema(split, e.db_id)
                 key = (split, e.db_id)
                 if key not in self._graphs:
                     self._graphs[key] = schema_graph(schema).to(self.device)
@@ -321,6 +344,32 @@ class SchemaLinkingTask(TaskDefaults):
             scores = model.score_embeddings(q, padded.to(self.device))
             out[kind] = [scores[r, : len(i)] for r, i in enumerate(items)]
         return out
+
+    def _forget(self, split: str) -> None:
+        """Drop what was derived from an earlier split of this name (a new question file)."""
+        self._graphs = {k: v for k, v in self._graphs.items() if k[0] != split}
+        self._item_texts = {k: v for k, v in self._item_texts.items() if k[0] != split}
+
+    def _schema(self, split: str, db: str) -> Schema:
+        return self.splits.get(split, self.train).schemas[db]
+
+    def _vocab_scores(
+        self, model: VocabScorer, split: str, examples: list[LinkingExample]
+    ) -> dict[str, list[torch.Tensor]]:
+        """Cosines of each question against its database's item serialisations, every text
+        encoded by the model's own towers (each database's items once per call)."""
+        q = model.encode_texts([e.question for e in examples], "question")
+        encoded: dict[str, dict[str, torch.Tensor]] = {}
+        for db in sorted({e.db_id for e in examples}):
+            key = (split, db)
+            if key not in self._item_texts:
+                self._item_texts[key] = item_texts(self._schema(split, db))
+            tables, columns = self._item_texts[key]
+            every = model.encode_texts(tables + columns, "item")
+            encoded[db] = {"table": every[: len(tables)], "column": every[len(tables) :]}
+        return {
+            kind: [encoded[e.db_id][kind] @ q[r] for r, e in enumerate(examples)] for kind in KINDS
+        }
 
     def step(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> LossOutput:
         parts = self.candidate_scores(model, "train", batch["examples"])
@@ -444,6 +493,7 @@ class SchemaLinkingTask(TaskDefaults):
         if not len(data):
             raise ConfigError("the question file holds no usable question")
         self.splits["file"] = data
+        self._forget("file")
         if self.embeddings is not None:
             self.embeddings.add("file", data)
         val = self.scores(model, "val")
@@ -469,6 +519,7 @@ class SchemaLinkingTask(TaskDefaults):
             {schema.db_id: schema},
         )
         self.splits["query"] = one
+        self._forget("query")
         if self.embeddings is not None:
             self.embeddings.add("query", one)
         scores = self.scores(model, "query")
