@@ -89,6 +89,39 @@ def test_minilm_stores_embeddings_on_disk_and_reads_them_back(tmp_path, monkeypa
     assert third.fingerprint() == enc.fingerprint()
 
 
+@pytest.mark.skipif(not minilm_available(), reason="the minilm extra is not installed")
+@pytest.mark.parametrize("top", [1, 2])
+def test_top_layers_rerun_from_cached_hidden_states_give_the_encoders_embeddings(tmp_path, top):
+    from alignfuse.encoders.pretrained import TopLayers, embed_hidden
+
+    texts = ["How many singers do we have?", "singer: name, country, age", "a", "x " * 40]
+    tower = TopLayers(top)
+    assert tower.start_layer == 6 - top
+    assert sum(p.numel() for p in tower.parameters() if p.requires_grad) == top * 1_774_464
+    flat, off = embed_hidden(texts, tower.start_layer, cache_dir=tmp_path)
+    rows = [flat[int(off[i]) : int(off[i + 1])] for i in range(len(texts))]
+    assert len(rows[2]) == 3  # [CLS] a [SEP]: the markers are included
+    width = max(len(r) for r in rows)
+    hidden = torch.zeros(len(rows), width, 384)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        hidden[i, : len(r)], mask[i, : len(r)] = r, True
+    with torch.no_grad():
+        mine = tower(hidden, mask)
+    enc = alignfuse.create_encoder("minilm")
+    want = enc(**enc.prepare(texts))
+    # the same sentence embeddings (the cached states are stored in float16)
+    assert torch.allclose(mine, want, atol=2e-3)
+    assert float((mine * want).sum(1).min()) > 0.99999
+    # the second call reads the file (no model) and gives the same states
+    again = embed_hidden(texts, tower.start_layer, cache_dir=tmp_path)
+    assert torch.equal(again[0], flat) and torch.equal(again[1], off)
+    with pytest.raises(ValueError, match="top must be in"):
+        TopLayers(7)
+    with pytest.raises(ValueError, match="hidden must be"):
+        tower(hidden[0], mask[0])
+
+
 def test_minilm_missing_path_is_clear(tmp_path):
     if not minilm_available():
         with pytest.raises(ImportError, match="minilm"):

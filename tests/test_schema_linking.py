@@ -11,6 +11,7 @@ import torch
 from alignfuse.bench import load_suite, run_suite
 from alignfuse.config import load_config
 from alignfuse.data.spider import Schema, load_spider_splits
+from alignfuse.encoders.pretrained import minilm_available
 from alignfuse.errors import ConfigError
 from alignfuse.models.linkers import (
     BM25Linker,
@@ -493,3 +494,36 @@ def test_the_report_answers_the_questions_from_the_figures():
     assert "changes by -0.4 to +1.7 points" in text
     assert "hardest knowledge type is T3 (mean column AUC 75.9 over linkers, against 91.2" in text
     assert _answers_section([], []) == ""
+
+
+@pytest.mark.skipif(not minilm_available(), reason="the minilm extra is not installed")
+def test_finetuned_dual_encoder_starts_at_the_cosine_and_trains_its_top_layer(
+    spider_root, tmp_path
+):
+    from alignfuse.engine.fit import Fit, load_run
+
+    common = [f"task.args={{val_fraction: 0.5, ks: [1, 3], cache_dir: {tmp_path / 'emb'}}}"]
+    cosine = Fit(
+        create_task(_cfg(spider_root, *common, "model.name=embedding_cosine")),
+        None,
+        progress=False,
+        log=lambda m: None,
+    )
+    zero_shot = cosine.task.scores(cosine.model, "syn")
+    cfg = _cfg(spider_root, *common, "model.name=finetuned_dual_encoder", "loss.name=info_nce")
+    run = tmp_path / "run"
+    fit = Fit(create_task(cfg, run_dir=run), run, progress=False, log=lambda m: None)
+    start = fit.task.scores(fit.model, "syn")
+    # the copied top layer reproduces the frozen encoder: the same scores as the cosine linker
+    for kind in ("table", "column"):
+        for a, b in zip(start[kind], zero_shot[kind], strict=True):
+            assert np.allclose(a, b, atol=3e-3), kind
+    fit.fit()
+    assert fit.step == 2 * fit.task.steps_per_epoch()
+    assert fit.history.epochs[-1] < fit.history.epochs[0]
+    trained = fit.task.scores(fit.model, "syn")
+    assert not np.allclose(trained["column"][0], start["column"][0], atol=1e-4)
+    again = load_run(run)
+    assert np.allclose(
+        again.task.scores(again.model, "syn")["column"][0], trained["column"][0], atol=1e-6
+    )

@@ -214,6 +214,52 @@ def embed_sentences(
     return out
 
 
+def _read_tokens(file: Path, n_texts: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A stored ``(tokens, offsets)`` file for ``n_texts`` texts, or ``None`` (absent,
+    corrupt or of another size: recomputed by the caller)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        return None
+    try:
+        stored = load_file(str(file))
+        if stored["offsets"].shape[0] == n_texts + 1:
+            return stored["tokens"].float(), stored["offsets"]
+    except (SafetensorError, KeyError, OSError):
+        pass
+    return None
+
+
+def _write_tokens(
+    file: Path, parts: list[torch.Tensor], width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Store per-text token rows as float16 ``tokens`` + ``offsets`` (atomically; a read-only
+    cache is skipped) and return them as read back: ``(flat float32, offsets)``."""
+    from safetensors.torch import save_file
+
+    offsets = torch.tensor([0, *(len(p) for p in parts)]).cumsum(0)
+    flat = torch.cat([p.float().cpu() for p in parts]) if parts else torch.zeros(0, width)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.tmp")
+        save_file({"tokens": flat.half().contiguous(), "offsets": offsets}, str(tmp))
+        os.replace(tmp, file)
+    except OSError:
+        pass
+    return flat.half().float(), offsets
+
+
+def _token_file(kind: list[Any], texts: list[str], cache_dir: str | Path | None) -> Path:
+    import json
+
+    from alignfuse.data.cache import default_cache_dir
+
+    key = hashlib.sha256(json.dumps([*kind, texts]).encode()).hexdigest()
+    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "sentence_embeddings"
+    return folder / f"{kind[0]}-{key[:24]}.safetensors"
+
+
 def embed_tokens(
     texts: Sequence[str],
     path: str | None = None,
@@ -225,24 +271,11 @@ def embed_tokens(
     ``i`` owning rows ``offsets[i]:offsets[i + 1]`` (at least one). Stored once on disk in
     float16 (as :func:`embed_sentences`), returned in float32.
     """
-    import json
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
-
-    from alignfuse.data.cache import default_cache_dir
-
     texts = list(texts)
-    key = hashlib.sha256(json.dumps(["tokens", path or DEFAULT_NAME, texts]).encode()).hexdigest()
-    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "sentence_embeddings"
-    file = folder / f"tokens-{key[:24]}.safetensors"
-    if file.is_file():
-        try:
-            stored = load_file(str(file))
-            if stored["offsets"].shape[0] == len(texts) + 1:
-                return stored["tokens"].float(), stored["offsets"]
-        except (SafetensorError, KeyError, OSError):
-            pass  # recomputed below
+    file = _token_file(["tokens", path or DEFAULT_NAME], texts, cache_dir)
+    stored = _read_tokens(file, len(texts))
+    if stored is not None:
+        return stored
     encoder = FrozenSentenceEncoder(path)
     with torch.inference_mode():
         parts = encoder._model.encode(
@@ -253,14 +286,108 @@ def embed_tokens(
             show_progress_bar=show_progress,
         )
     parts = [p[1:-1] if len(p) > 2 else p for p in parts]  # drop [CLS] and [SEP]
-    lengths = torch.tensor([0, *(len(p) for p in parts)])
-    offsets = lengths.cumsum(0)
-    flat = torch.cat([p.float().cpu() for p in parts]) if parts else torch.zeros(0, encoder.out_dim)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.tmp")
-        save_file({"tokens": flat.half().contiguous(), "offsets": offsets}, str(tmp))
-        os.replace(tmp, file)
-    except OSError:
-        pass
-    return flat.half().float(), offsets
+    return _write_tokens(file, parts, encoder.out_dim)
+
+
+def embed_hidden(
+    texts: Sequence[str],
+    layer: int,
+    path: str | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen encoder's hidden states after its first ``layer`` Transformer layers (0:
+    the embedding layer's output), ``[CLS]`` and ``[SEP]`` included, for each text:
+    ``(flat (T, D), offsets)`` as :func:`embed_tokens` (stored once on disk in float16). A
+    model that trains the layers above ``layer`` (:class:`TopLayers`) starts from these."""
+    texts = list(texts)
+    file = _token_file(["hidden", layer, path or DEFAULT_NAME], texts, cache_dir)
+    stored = _read_tokens(file, len(texts))
+    if stored is not None:
+        return stored
+    model = _load_sentence_model(path)
+    bert = model[0].auto_model
+    n_layers = int(bert.config.num_hidden_layers)
+    if not 0 <= layer <= n_layers:
+        raise ValueError(f"layer must be in [0, {n_layers}], got {layer}")
+    parts: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for lo in range(0, len(texts), batch_size):
+            feats = model.tokenize(texts[lo : lo + batch_size])
+            out = bert(
+                input_ids=feats["input_ids"],
+                attention_mask=feats["attention_mask"],
+                token_type_ids=feats.get("token_type_ids"),
+                output_hidden_states=True,
+            )
+            hidden = out.hidden_states[layer]
+            for row, real in zip(hidden, feats["attention_mask"].bool(), strict=True):
+                parts.append(row[real].clone())
+    return _write_tokens(file, parts, int(bert.config.hidden_size))
+
+
+class TopLayers(nn.Module):
+    """The top Transformer layers of a BERT-style sentence encoder as a trainable module,
+    re-run from the hidden states below them (:func:`embed_hidden`), then the encoder's
+    pooling: the mean over the real tokens, L2-normalised (sentence-transformers' pipeline
+    for all-MiniLM-L6-v2). Initialised with the pretrained weights, it reproduces the frozen
+    encoder's sentence embeddings; fine-tuning changes only these layers. Post-LayerNorm
+    BERT layers (attention, residual, LayerNorm; GELU MLP, residual, LayerNorm), without
+    dropout.
+
+    Args:
+        top: how many layers (from the top) to train.
+        path: the sentence-transformers folder (the bundled MiniLM by default).
+    """
+
+    def __init__(self, top: int = 1, path: str | None = None) -> None:
+        super().__init__()
+        import copy
+
+        model = _load_sentence_model(path)
+        bert = model[0].auto_model
+        cfg = bert.config
+        n = int(cfg.num_hidden_layers)
+        if not 1 <= top <= n:
+            raise ValueError(f"top must be in [1, {n}], got {top}")
+        if getattr(cfg, "hidden_act", "gelu") != "gelu":
+            raise ValueError(f"TopLayers runs GELU layers; this encoder uses {cfg.hidden_act!r}")
+        self.layers = nn.ModuleList(copy.deepcopy(bert.encoder.layer[i]) for i in range(n - top, n))
+        for p in self.layers.parameters():
+            p.requires_grad_(True)
+        self.start_layer = n - top
+        self.heads = int(cfg.num_attention_heads)
+        self.path = path
+
+    def _layer(self, layer: Any, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        att = layer.attention
+        b, t, d = x.shape
+
+        def heads(lin: Any) -> torch.Tensor:
+            out: torch.Tensor = lin(x)
+            return out.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+        ctx = F.scaled_dot_product_attention(
+            heads(att.self.query), heads(att.self.key), heads(att.self.value), mask[:, None, None]
+        )
+        ctx = ctx.transpose(1, 2).reshape(b, t, d)
+        a = att.output.LayerNorm(att.output.dense(ctx) + x)
+        f = layer.output.dense(F.gelu(layer.intermediate.dense(a)))
+        out: torch.Tensor = layer.output.LayerNorm(f + a)
+        return out
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(N, T, D)`` hidden states below the trained layers, ``(N, T)`` True for real
+        tokens: ``(N, D)`` unit sentence embeddings."""
+        if hidden.ndim != 3 or mask.shape != hidden.shape[:2]:
+            raise ValueError(
+                f"hidden must be (N, T, D) and mask (N, T), got {tuple(hidden.shape)}, {tuple(mask.shape)}"
+            )
+        x = hidden
+        for layer in self.layers:
+            x = self._layer(layer, x, mask)
+        w = mask.to(x.dtype)[..., None]
+        pooled = (x * w).sum(1) / w.sum(1).clamp_min(1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)

@@ -15,7 +15,8 @@ Two kinds, told apart by what they score (:class:`TextScorer`, :class:`Embedding
   ``schema_graph_encoder`` (relation-aware: items exchange information along the schema
   graph before the heads, after RAT-SQL);
 - on the words, with towers trained from scratch on the training vocabulary:
-  ``vocab_dual_encoder`` (a BiGRU dual encoder);
+  ``vocab_dual_encoder`` (a BiGRU dual encoder); and with the sentence encoder itself
+  fine-tuned: ``finetuned_dual_encoder`` (its top layers trained);
 - on contextual token embeddings: ``token_scan`` (SCAN's stacked cross attention) and
   ``token_ot`` (optimal transport, UNITER's word-region alignment), zero-shot or with
   trained token maps, and ``cross_encoder`` (ITM-style: the question and one item in one
@@ -235,6 +236,47 @@ class VocabDualEncoder(nn.Module):
         device = self.tower.embed.weight.device
         pooled = self.tower(batch["ids"].to(device), batch["lengths"])
         return F.normalize(self.heads[side](pooled), dim=-1)
+
+
+@runtime_checkable
+class HiddenScorer(Protocol):
+    """Encodes texts from the frozen encoder's hidden states below its trained top layers;
+    the task supplies the states that :meth:`hidden_input` names."""
+
+    def hidden_input(self) -> tuple[int, str | None]: ...
+
+    def encode_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
+
+
+@MODELS.register("finetuned_dual_encoder")
+class FineTunedDualEncoder(nn.Module):
+    """A dual encoder whose tower is the sentence encoder itself, fine-tuned: its top
+    ``top_layers`` Transformer layers and its pooling
+    (:class:`~alignfuse.encoders.pretrained.TopLayers`) are trained, the layers below stay
+    frozen and are run once (their hidden states cached). One tower for questions and item
+    serialisations; scores are cosines, so training starts exactly at ``embedding_cosine``.
+
+    Args:
+        top_layers: layers trained (1 of MiniLM's 6: 1.8M parameters).
+        path: the sentence-transformers folder (the bundled MiniLM by default).
+    """
+
+    def __init__(self, top_layers: int = 1, path: str | None = None) -> None:
+        super().__init__()
+        from alignfuse.encoders.pretrained import TopLayers
+
+        self.tower = TopLayers(top_layers, path)
+        self.start_layer = self.tower.start_layer
+        self.path = path
+
+    def hidden_input(self) -> tuple[int, str | None]:
+        """The layer whose hidden states the tower reads, and the encoder's folder."""
+        return self.start_layer, self.path
+
+    def encode_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(N, T, D)`` hidden states and ``(N, T)`` masks: ``(N, D)`` unit embeddings."""
+        out: torch.Tensor = self.tower(hidden, mask)
+        return out
 
 
 @runtime_checkable

@@ -40,6 +40,7 @@ from alignfuse.models.linkers import (
     AttentionMapper,
     EmbeddingScorer,
     GraphScorer,
+    HiddenScorer,
     PairFitScorer,
     TextScorer,
     TokenScorer,
@@ -85,14 +86,35 @@ def _kind_names(schema: Schema) -> dict[str, list[str]]:
     }
 
 
+def pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(T_i, D)`` rows zero-padded into ``(N, T, D)``, with the ``(N, T)`` mask of real
+    positions."""
+    width = max(len(r) for r in rows)
+    padded = torch.zeros(len(rows), width, rows[0].shape[1])
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        padded[i, : len(r)] = r
+        mask[i, : len(r)] = True
+    return padded, mask
+
+
 class _Embeddings:
     """Frozen-encoder features of every question and schema item of the splits, computed
     once per split and cached on disk: sentence embeddings of questions and item
     serialisations, and (``tokens=True``) contextual token embeddings of questions and item
     names."""
 
-    def __init__(self, cache_dir: str | None, tokens: bool) -> None:
+    def __init__(
+        self,
+        cache_dir: str | None,
+        tokens: bool,
+        hidden_layer: int | None = None,
+        path: str | None = None,
+    ) -> None:
         self.cache_dir, self.tokens = cache_dir, tokens
+        self.hidden_layer, self.path = hidden_layer, path
+        self.q_hidden: dict[str, torch.Tensor] = {}
+        self.item_hidden: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
         self.q_vectors: dict[str, torch.Tensor] = {}
         self.q_token: dict[str, torch.Tensor] = {}
         self.vectors: dict[tuple[str, str, str], torch.Tensor] = {}
@@ -120,6 +142,8 @@ class _Embeddings:
         for key, n in keys:
             self.vectors[key] = item_vecs[start : start + n]
             start += n
+        if self.hidden_layer is not None:
+            self._add_hidden(questions, texts, keys)
         if not self.tokens:
             return
         flat, off = embed_tokens(questions, None, self.cache_dir)
@@ -130,13 +154,27 @@ class _Embeddings:
         for key, n in keys:
             parts = [flat[int(off[j]) : int(off[j + 1])] for j in range(start, start + n)]
             start += n
-            width = max(len(p) for p in parts)
-            padded = torch.zeros(len(parts), width, flat.shape[1])
-            mask = torch.zeros(len(parts), width, dtype=torch.bool)
-            for r, part in enumerate(parts):
-                padded[r, : len(part)] = part
-                mask[r, : len(part)] = True
-            self.name_token[key] = (padded, mask)
+            self.name_token[key] = pad_rows(parts)
+
+    def _add_hidden(
+        self, questions: list[str], texts: list[str], keys: list[tuple[tuple[str, str, str], int]]
+    ) -> None:
+        """Hidden states below a fine-tuned tower's trained layers: per question, and per
+        database its tables' then its columns' serialisations, zero-padded with a mask."""
+        from alignfuse.encoders.pretrained import embed_hidden
+
+        assert self.hidden_layer is not None
+        flat, off = embed_hidden(questions, self.hidden_layer, self.path, self.cache_dir)
+        for i, q in enumerate(questions):
+            self.q_hidden[q] = flat[int(off[i]) : int(off[i + 1])]
+        flat, off = embed_hidden(texts, self.hidden_layer, self.path, self.cache_dir)
+        rows = [flat[int(off[j]) : int(off[j + 1])] for j in range(len(texts))]
+        start = 0
+        for i in range(0, len(keys), 2):  # (table, column) key pairs of one database
+            (split, db, _), n_tables = keys[i]
+            n = n_tables + keys[i + 1][1]
+            self.item_hidden[(split, db)] = (*pad_rows(rows[start : start + n]), n_tables)
+            start += n
 
     def question(self, text: str) -> torch.Tensor:
         return self.q_vectors[text]
@@ -227,7 +265,7 @@ class SchemaLinkingTask(TaskDefaults):
 
     def build(self) -> tuple[nn.Module, nn.Module]:
         factory = MODELS.get(self.cfg.model.name).factory
-        kinds = (TextScorer, EmbeddingScorer, TokenScorer, GraphScorer, VocabScorer)
+        kinds = (TextScorer, EmbeddingScorer, TokenScorer, GraphScorer, VocabScorer, HiddenScorer)
         if not (isinstance(factory, type) and issubclass(factory, kinds)):
             linkers = [
                 n
@@ -254,8 +292,11 @@ class SchemaLinkingTask(TaskDefaults):
                 "or triplet"
             )
         self.device = device
-        if isinstance(model, (EmbeddingScorer, TokenScorer, GraphScorer)):
-            self.embeddings = _Embeddings(self.cache_dir, tokens=isinstance(model, TokenScorer))
+        if isinstance(model, (EmbeddingScorer, TokenScorer, GraphScorer, HiddenScorer)):
+            layer, path = model.hidden_input() if isinstance(model, HiddenScorer) else (None, None)
+            self.embeddings = _Embeddings(
+                self.cache_dir, tokens=isinstance(model, TokenScorer), hidden_layer=layer, path=path
+            )
             for name, split in {"train": self.train, **self.splits}.items():
                 self.embeddings.add(name, split)
         if isinstance(model, PairFitScorer):  # closed form, on (question, gold item) pairs
@@ -310,6 +351,17 @@ class SchemaLinkingTask(TaskDefaults):
             return self._vocab_scores(model, split, examples)
         emb = self.embeddings
         assert emb is not None
+        if isinstance(model, HiddenScorer):
+            dev = self.device
+            q = model.encode_hidden(
+                *(t.to(dev) for t in pad_rows([emb.q_hidden[e.question] for e in examples]))
+            )
+            encoded = {}
+            for db in sorted({e.db_id for e in examples}):
+                hidden, mask, n_tables = emb.item_hidden[(split, db)]
+                every = model.encode_hidden(hidden.to(dev), mask.to(dev))
+                encoded[db] = (every[:n_tables], every[n_tables:])
+            return self._cosines(examples, q, encoded)
         out: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
         if isinstance(model, TokenScorer):  # one call per question: tables, then columns
             for e in examples:
@@ -359,16 +411,26 @@ class SchemaLinkingTask(TaskDefaults):
         """Cosines of each question against its database's item serialisations, every text
         encoded by the model's own towers (each database's items once per call)."""
         q = model.encode_texts([e.question for e in examples], "question")
-        encoded: dict[str, dict[str, torch.Tensor]] = {}
+        items = {}
         for db in sorted({e.db_id for e in examples}):
             key = (split, db)
             if key not in self._item_texts:
                 self._item_texts[key] = item_texts(self._schema(split, db))
             tables, columns = self._item_texts[key]
             every = model.encode_texts(tables + columns, "item")
-            encoded[db] = {"table": every[: len(tables)], "column": every[len(tables) :]}
+            items[db] = (every[: len(tables)], every[len(tables) :])
+        return self._cosines(examples, q, items)
+
+    @staticmethod
+    def _cosines(
+        examples: list[LinkingExample],
+        questions: torch.Tensor,
+        items: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    ) -> dict[str, list[torch.Tensor]]:
+        """Each question's (unit) embedding against its database's (tables, columns)."""
         return {
-            kind: [encoded[e.db_id][kind] @ q[r] for r, e in enumerate(examples)] for kind in KINDS
+            kind: [items[e.db_id][k] @ questions[r] for r, e in enumerate(examples)]
+            for k, kind in enumerate(KINDS)
         }
 
     def step(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> LossOutput:
