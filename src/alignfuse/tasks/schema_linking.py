@@ -95,7 +95,7 @@ def pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(T_i, D)`` rows zero-padded into ``(N, T, D)``, with the ``(N, T)`` mask of real
     positions."""
     width = max(len(r) for r in rows)
-    padded = torch.zeros(len(rows), width, rows[0].shape[1])
+    padded = rows[0].new_zeros(len(rows), width, rows[0].shape[1])
     mask = torch.zeros(len(rows), width, dtype=torch.bool)
     for i, r in enumerate(rows):
         padded[i, : len(r)] = r
@@ -119,7 +119,7 @@ class _Embeddings:
         self.cache_dir, self.tokens = cache_dir, tokens
         self.hidden_layer, self.path = hidden_layer, path
         self.q_hidden: dict[str, torch.Tensor] = {}
-        self.item_hidden: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self.item_hidden: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.q_vectors: dict[str, torch.Tensor] = {}
         self.q_token: dict[str, torch.Tensor] = {}
         self.vectors: dict[tuple[str, str, str], torch.Tensor] = {}
@@ -164,21 +164,21 @@ class _Embeddings:
     def _add_hidden(
         self, questions: list[str], texts: list[str], keys: list[tuple[tuple[str, str, str], int]]
     ) -> None:
-        """Hidden states below a fine-tuned tower's trained layers: per question, and per
-        database its tables' then its columns' serialisations, zero-padded with a mask."""
+        """Hidden states below a fine-tuned tower's trained layers, kept in float16 (as on
+        disk): per question, and per database and item kind zero-padded with a mask."""
         from alignfuse.encoders.pretrained import embed_hidden
 
         assert self.hidden_layer is not None
         flat, off = embed_hidden(questions, self.hidden_layer, self.path, self.cache_dir)
+        flat = flat.half()
         for i, q in enumerate(questions):
             self.q_hidden[q] = flat[int(off[i]) : int(off[i + 1])]
         flat, off = embed_hidden(texts, self.hidden_layer, self.path, self.cache_dir)
-        rows = [flat[int(off[j]) : int(off[j + 1])] for j in range(len(texts))]
+        flat = flat.half()
         start = 0
-        for i in range(0, len(keys), 2):  # (table, column) key pairs of one database
-            (split, db, _), n_tables = keys[i]
-            n = n_tables + keys[i + 1][1]
-            self.item_hidden[(split, db)] = (*pad_rows(rows[start : start + n]), n_tables)
+        for key, n in keys:
+            rows = [flat[int(off[j]) : int(off[j + 1])] for j in range(start, start + n)]
+            self.item_hidden[key] = pad_rows(rows)
             start += n
 
     def question(self, text: str) -> torch.Tensor:
@@ -365,14 +365,18 @@ class SchemaLinkingTask(TaskDefaults):
         assert emb is not None
         if isinstance(model, HiddenScorer):
             dev = self.device
-            q = model.encode_hidden(
-                *(t.to(dev) for t in pad_rows([emb.q_hidden[e.question] for e in examples]))
-            )
-            encoded = {}
-            for db in sorted({e.db_id for e in examples}):
-                hidden, mask, n_tables = emb.item_hidden[(split, db)]
-                every = model.encode_hidden(hidden.to(dev), mask.to(dev))
-                encoded[db] = (every[:n_tables], every[n_tables:])
+
+            def encode(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                return model.encode_hidden(hidden.to(dev).float(), mask.to(dev))
+
+            q = encode(*pad_rows([emb.q_hidden[e.question] for e in examples]))
+            encoded = {
+                db: (
+                    encode(*emb.item_hidden[(split, db, "table")]),
+                    encode(*emb.item_hidden[(split, db, "column")]),
+                )
+                for db in sorted({e.db_id for e in examples})
+            }
             return self._cosines(examples, q, encoded)
         out: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
         if isinstance(model, TokenScorer):  # one call per question: tables, then columns
