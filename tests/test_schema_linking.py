@@ -222,6 +222,8 @@ def test_group_by_database_orders_each_epoch_by_database(spider_root):
     assert grouped == epoch("true", 0)[0]  # seeded
     mixed = [db for b in epoch("false", 0)[0] for db in b]
     assert sorted(mixed) == sorted(flat) and mixed != flat
+    with pytest.raises(ConfigError, match="group_by_database must be true or false, got 'sure'"):
+        epoch("sure", 0)
 
 
 @pytest.mark.slow

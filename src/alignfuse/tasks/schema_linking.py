@@ -231,7 +231,11 @@ class SchemaLinkingTask(TaskDefaults):
         if self.batch_questions < 1:
             raise ConfigError(f"task.args.batch_questions must be >= 1, got {self.batch_questions}")
         self.cache_dir = args.get("cache_dir")
-        self.group_by_database = bool(args.get("group_by_database", False))
+        self.group_by_database = args.get("group_by_database", False)
+        if not isinstance(self.group_by_database, bool):
+            raise ConfigError(
+                f"task.args.group_by_database must be true or false, got {self.group_by_database!r}"
+            )
         self.device = torch.device("cpu")
         self.embeddings: _Embeddings | None = None
         self._order: tuple[int, np.ndarray] | None = None
