@@ -163,6 +163,15 @@ CASES: dict[
         1.0,
         (0.0, 1.0),
     ),
+    "zero_shot": (
+        lambda: METRICS.create(
+            "zero_shot", image_emb=np.eye(3)[LABELS], class_emb=np.eye(3), labels=LABELS
+        ),
+        lambda: METRICS.create("zero_shot", image_emb=X[:, :3], class_emb=np.eye(3), labels=LABELS),
+        _key("top1"),
+        1.0,
+        (0.0, 1.0),
+    ),
     "cider": (
         lambda: METRICS.create(
             "cider", candidates=[r[0] for r in REFS], references=[[r[0]] * 2 for r in REFS]
@@ -175,8 +184,14 @@ CASES: dict[
 }
 
 
-def test_every_registered_metric_has_a_contract_case():
+def test_every_registered_metric_has_a_contract_case_and_is_listed_after_a_plain_import():
+    import subprocess
+    import sys
+
     assert set(METRICS.names()) == set(CASES)
+    code = "import alignfuse; print(sorted(alignfuse.list_metrics()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(sorted(CASES))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -184,7 +199,9 @@ def test_every_registered_metric_gives_its_best_value_on_a_perfect_case(name):
     perfect, random, headline, best, (low, high) = CASES[name]
     for out in (perfect(), random()):
         values = out.values() if isinstance(out, dict) else [out]
-        assert all(isinstance(v, float) and math.isfinite(v) for v in values), out
+        # floats, finite (zero-shot's per-class accuracies come as an array beside them)
+        floats = [v for v in values if not isinstance(v, np.ndarray)]
+        assert all(isinstance(v, float) and math.isfinite(v) for v in floats), out
         assert low - 1e-6 <= headline(out) <= high + 1e-6, (name, out)
     if best is None:
         assert headline(perfect()) > headline(random()), name
