@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _check(
+def check_candidates(
     scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Checked ``(scores, positive, valid)``, ``positive`` within ``valid``; the rows that
@@ -64,7 +64,7 @@ def candidate_info_nce(
 ) -> torch.Tensor:
     """Multi-positive InfoNCE of each query over its candidates; ``logit_scale`` is the log
     of the scale ``t``."""
-    positive, valid, rows = _check(scores, positive, valid)
+    positive, valid, rows = check_candidates(scores, positive, valid)
     scale = (
         logit_scale.exp()
         if isinstance(logit_scale, torch.Tensor)
@@ -83,7 +83,7 @@ def candidate_sigmoid(
     logit_bias: torch.Tensor | float = -10.0,
 ) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss of each query over its candidates."""
-    positive, valid, rows = _check(scores, positive, valid)
+    positive, valid, rows = check_candidates(scores, positive, valid)
     scale = (
         logit_scale.exp()
         if isinstance(logit_scale, torch.Tensor)
@@ -111,7 +111,7 @@ def candidate_triplet(
         raise ValueError(f"margin must be > 0, got {margin}")
     if mining not in ("sum", "hardest"):
         raise ValueError(f"mining must be 'sum' or 'hardest', got {mining!r}")
-    positive, valid, rows = _check(scores, positive, valid)
+    positive, valid, rows = check_candidates(scores, positive, valid)
     s = scores[rows]
     negative = valid & ~positive
     # cost[i, p, n] = [margin - s_ip + s_in]_+ for positive p and negative n of query i

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.losses._common import make_positive_mask
-from alignfuse.losses.candidates import _check
+from alignfuse.losses.candidates import check_candidates
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import LOSSES
 from alignfuse.similarity import Similarity, check_paired_batch, similarity_matrix
@@ -89,7 +89,7 @@ def candidate_focal(
     """Focal loss of each query's candidates as binary decisions (``scores`` are logits;
     positives label 1), averaged over every valid candidate of the queries that hold a
     positive."""
-    positive, valid, rows = _check(scores, positive, valid)
+    positive, valid, rows = check_candidates(scores, positive, valid)
     terms = focal_terms(scores[rows], positive, alpha, gamma)
     return terms[valid].mean()
 
