@@ -63,7 +63,9 @@ def test_readme_task_example_trains_through_the_runner(tmp_path):
     # the loss fell: the linear map is learnable exactly
     assert row["history"]["epochs"][-1] < 0.5 * row["history"]["epochs"][0]
     assert 0 <= row["metrics"]["mse"] < row["history"]["epochs"][0]
-    assert "linear:" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "# alignfuse bench: suite `toy`" in report
+    assert "| experiment | mse | train s |" in report and "| linear |" in report
 
 
 def test_readme_command_lines_use_shipped_configs():

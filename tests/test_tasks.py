@@ -117,7 +117,7 @@ def test_speech_text_batches_hold_distinct_sentences_and_skip_the_held_out_voice
     [
         (
             "task.args.test_sentence=3",
-            "has no argument 'test_sentence'; did you mean 'test_sentences'",
+            "unknown config key 'task.args.test_sentence'; did you mean 'task.args.test_sentences'",
         ),
         ("task.args.test_sentences=12", r"test_sentences must be in \[1, 11\]"),
         ("task.args.held_out_voice=klingon", "held_out_voice 'klingon' is not among"),

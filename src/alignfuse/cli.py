@@ -121,7 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from alignfuse.config import load_config
     from alignfuse.distributed import init_from_env
     from alignfuse.engine.fit import Fit
-    from alignfuse.tasks import task_type
+    from alignfuse.tasks import looped, task_type
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -145,9 +145,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             dist.barrier()
         progress = None if not args.no_progress else False
         if rank > 0:  # trains its slices; rank 0 evaluates and reports
-            Fit(kind(cfg, data, out), out, progress=False).fit(resume=True)
+            Fit(looped(kind(cfg, data, out)), out, progress=False).fit(resume=True)
             return 0
-        row, _, _ = run_experiment(cfg, data, out, progress=progress)
+        row, _, _, _ = run_experiment(cfg, data, out, progress=progress)
         print(json.dumps(row["metrics"], indent=1))
         return 0
     finally:
@@ -212,7 +212,7 @@ def _eval_config(args: argparse.Namespace) -> int:
 
     from alignfuse.config import load_config, save_config
     from alignfuse.engine.fit import Fit
-    from alignfuse.tasks import task_type
+    from alignfuse.tasks import looped, task_type
 
     if args.questions or args.tables:
         raise AlignfuseError("--questions / --tables evaluate a trained run folder, not a config")
@@ -223,7 +223,7 @@ def _eval_config(args: argparse.Namespace) -> int:
     data = kind.load_data(cfg)
     out = Path(args.out) if args.out else Path("runs") / f"eval-{cfg.name}"
     out.mkdir(parents=True, exist_ok=True)
-    fit = Fit(kind(cfg, data, out), None, progress=False, log=lambda m: None)
+    fit = Fit(looped(kind(cfg, data, out)), None, progress=False, log=lambda m: None)
     metrics, _ = fit.task.evaluate(fit.model)
     save_config(cfg, out / "config.yaml")
     (out / "eval.json").write_text(json.dumps(metrics, indent=1))

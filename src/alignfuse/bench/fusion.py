@@ -251,10 +251,11 @@ def _pretrain(data: Any, cfg: dict[str, Any], out: Path, log: Callable[[str], No
         old = base.get(k, {})
         base[k] = {**old, **v} if isinstance(v, dict) and isinstance(old, dict) else v
     exp = from_dict(ExperimentConfig, base)
-    row, trainer, _ = run_experiment(exp, data, out / "pretrain", progress=False, log=log)
+    row, trainer, _, _ = run_experiment(exp, data, out / "pretrain", progress=False, log=log)
     log(
         f"pretrain: dual encoder t2i R@1 {row['metrics']['test/t2i_r1']:.3f} in {row['train_seconds']:.0f} s"
     )
+    assert trainer is not None  # the image_text task is trained by the loop
     model = trainer.model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

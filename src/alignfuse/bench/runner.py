@@ -20,12 +20,13 @@ from typing import Any
 import torch
 
 from alignfuse._io import write_text_atomic
+from alignfuse.bench.report import leaderboards, write_suite_report
 from alignfuse.bench.suite import Suite
 from alignfuse.config import ExperimentConfig, config_hash, to_dict
 from alignfuse.encoders.pretrained import FrozenSentenceEncoder, minilm_available
 from alignfuse.engine.fit import Fit
-from alignfuse.errors import ConfigError
 from alignfuse.tasks import task_type
+from alignfuse.tasks.base import EstimatorTask, Task
 
 
 def _extra_available(name: str) -> bool:
@@ -53,33 +54,59 @@ def run_experiment(
     run_dir: Path,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
-) -> tuple[dict[str, Any], Fit, Any]:
+) -> tuple[dict[str, Any], Fit | None, Any, Task | EstimatorTask]:
     """Train (resuming if possible) and evaluate one experiment with its task; return its
-    results row, the finished loop and the task's artefacts for the report."""
-    fit = Fit(task_type(cfg)(cfg, data, run_dir), run_dir, progress=progress, log=log)
-    fit.fit(resume=True)
-    t0 = time.perf_counter()
-    metrics, artefacts = fit.task.evaluate(fit.model)
-    eval_seconds = time.perf_counter() - t0
-    n_params = sum(p.numel() for p in fit.model.parameters() if p.requires_grad)
-    n_params += sum(p.numel() for p in fit.loss_fn.parameters() if p.requires_grad)
-    h = fit.history
+    results row, the finished loop (``None`` for a task the loop does not train), the task's
+    artefacts for the report and the task."""
+    task = task_type(cfg)(cfg, data, run_dir)
+    if isinstance(task, Task):
+        loop = Fit(task, run_dir, progress=progress, log=log)
+        loop.fit(resume=True)
+        t0 = time.perf_counter()
+        metrics, artefacts = task.evaluate(loop.model)
+        eval_seconds = time.perf_counter() - t0
+        model, loss_fn = loop.model, loop.loss_fn
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_params += sum(p.numel() for p in loss_fn.parameters() if p.requires_grad)
+        h = loop.history
+        trained: dict[str, Any] = {
+            "train_seconds": round(loop.train_seconds, 2),  # training only, across resumptions
+            "eval_seconds": round(eval_seconds, 2),
+            "precision": loop.precision,  # train.precision as resolved (auto: bf16 or fp32)
+            "trainable_params": n_params,
+            "frozen_params": _frozen_params(model),
+            "steps": loop.step,
+            "history": {"train": h.train, "val": h.val, "epochs": h.epochs},
+        }
+        fit: Fit | None = loop
+    elif isinstance(task, EstimatorTask):
+        fit = None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        task.fit(progress=progress is not False)
+        fit_seconds = time.perf_counter() - t0
+        task.save(run_dir)
+        t0 = time.perf_counter()
+        metrics, artefacts = task.evaluate()
+        trained = {
+            "train_seconds": round(fit_seconds, 3),
+            "eval_seconds": round(time.perf_counter() - t0, 3),
+            "precision": "fp32",
+            "steps": 0,
+            "history": {"train": [], "val": [], "epochs": []},
+        }
+    else:  # pragma: no cover - task_type checks the factory; a factory may still misbehave
+        raise TypeError(f"task {cfg.task.name!r} built {type(task).__name__}, not a task")
     row = {
         "name": cfg.name,
         "status": "ok",
         "config_hash": config_hash(cfg),
         "metrics": metrics,
-        "train_seconds": round(fit.train_seconds, 2),  # training only, across resumptions
-        "eval_seconds": round(eval_seconds, 2),
-        "precision": fit.precision,  # train.precision as resolved (auto: bf16 or fp32)
-        "trainable_params": n_params,
-        "frozen_params": _frozen_params(fit.model),
-        "steps": fit.step,
-        "history": {"train": h.train, "val": h.val, "epochs": h.epochs},
+        **trained,
         "config": to_dict(cfg),
     }
     write_text_atomic(run_dir / "metrics.json", json.dumps(row, indent=1))
-    return row, fit, artefacts
+    return row, fit, artefacts, task
 
 
 def run_suite(
@@ -88,12 +115,13 @@ def run_suite(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every experiment of ``suite`` into ``out``; return the result rows."""
+    """Run every experiment of ``suite`` into ``out``; return the result rows.
+
+    A suite may run several tasks (the ``temporal`` suite: word boundaries in speech, then
+    clauses in clips); the leaderboard and the report hold one table per task, in the order
+    the suite first names them."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    tasks = sorted({exp.config.task.name for exp in suite.experiments})
-    if len(tasks) != 1:
-        raise ConfigError(f"suite {suite.name!r} mixes tasks {tasks}: one suite reports one task")
-    kind = task_type(suite.experiments[0].config)
+    kinds = {exp.config.task.name: task_type(exp.config) for exp in suite.experiments}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     datasets: dict[str, Any] = {}
@@ -102,6 +130,7 @@ def run_suite(
     t_suite = time.perf_counter()
     for i, exp in enumerate(suite.experiments):
         cfg = exp.config
+        kind = kinds[cfg.task.name]
         run_dir = out / "experiments" / cfg.name
         header = f"[{i + 1}/{len(suite.experiments)}] {cfg.name}"
         missing = [r for r in exp.requires if not _extra_available(r)]
@@ -118,7 +147,7 @@ def run_suite(
                 }
             )
             continue
-        key = json.dumps(to_dict(cfg.data), sort_keys=True)
+        key = json.dumps([cfg.task.name, to_dict(cfg.data)], sort_keys=True)
         if key not in datasets:
             log(f"{header}: preparing dataset {cfg.data.name} ...")
             t0 = time.perf_counter()
@@ -134,20 +163,25 @@ def run_suite(
                 artefacts[cfg.name] = None
                 continue
         log(f"{header}: training ...")
-        row, fit, art = run_experiment(cfg, data, run_dir, progress, log)
+        row, fit, art, task = run_experiment(cfg, data, run_dir, progress, log)
         rows.append(row)
         artefacts[cfg.name] = (fit, art, data)
         log(
-            f"{header}: {fit.task.headline(row['metrics'])}, "
+            f"{header}: {task.headline(row['metrics'])}, "
             f"train {row['train_seconds']:.0f} s ({row['precision']})"
         )
         write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     total = time.perf_counter() - t_suite
-    leaderboard = kind.leaderboard(rows)
-    write_text_atomic(out / "leaderboard.md", leaderboard)
-    first_data = next(iter(datasets.values()), None)
-    kind.write_report(suite, rows, out, first_data, artefacts, total)
-    print(leaderboard)
+    groups = []
+    for name, kind in kinds.items():
+        names = {e.config.name for e in suite.experiments if e.config.task.name == name}
+        mine = [r for r in rows if r["name"] in names]
+        first = next((d for k, d in datasets.items() if json.loads(k)[0] == name), None)
+        groups.append((kind, mine, first, {n: a for n, a in artefacts.items() if n in names}))
+    board = leaderboards([(g[0], g[1]) for g in groups])
+    write_text_atomic(out / "leaderboard.md", board)
+    write_suite_report(suite, groups, out, total)
+    print(board)
     log(f"suite {suite.name} finished in {total:.0f} s; report: {out / 'report.md'}")
     return rows

@@ -64,7 +64,7 @@ from alignfuse.engine.checkpoint import (
 )
 from alignfuse.errors import CheckpointError, ConfigError, TrainingDivergedError
 from alignfuse.outputs import LossOutput
-from alignfuse.tasks.base import Task, TaskDefaults
+from alignfuse.tasks.base import EstimatorTask, Task, TaskDefaults
 
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -218,13 +218,15 @@ class Fit:
 
     def __init__(
         self,
-        task: Task,
+        task: Task | EstimatorTask,
         run_dir: str | Path | None,
         progress: bool | None = None,
         log: Callable[[str], None] | None = None,
         seed: bool = True,
     ) -> None:
-        self.task = task
+        from alignfuse.tasks import looped
+
+        self.task = task = looped(task)
         self.cfg = cfg = task.cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         distributed = dist.is_available() and dist.is_initialized()

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from alignfuse.config import ExperimentConfig
+from alignfuse.errors import ConfigError
 from alignfuse.registry import TASKS
-from alignfuse.tasks.base import Task, TaskType
+from alignfuse.tasks.base import EstimatorTask, Task, TaskType
 
 
 def task_type(cfg: ExperimentConfig) -> TaskType:
@@ -25,7 +26,9 @@ def task_type(cfg: ExperimentConfig) -> TaskType:
     return factory
 
 
-def create_task(cfg: ExperimentConfig, data: Any = None, run_dir: str | Path = ".") -> Task:
+def create_task(
+    cfg: ExperimentConfig, data: Any = None, run_dir: str | Path = "."
+) -> Task | EstimatorTask:
     """Build the task of an experiment: ``data`` as its task's ``load_data(cfg)`` returns it
     (loaded here when ``None``); ``run_dir`` is where a run keeps its files (a vocabulary
     saved there is reused)."""
@@ -35,4 +38,14 @@ def create_task(cfg: ExperimentConfig, data: Any = None, run_dir: str | Path = "
     return kind(cfg, data, Path(run_dir))
 
 
-__all__ = ["Task", "TaskType", "create_task", "task_type"]
+def looped(task: Task | EstimatorTask) -> Task:
+    """``task`` if the training loop trains it; else a :class:`ConfigError` saying so."""
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"task {task.cfg.task.name!r} is not trained by the loop (an estimator task): "
+            "run it in a suite with alignfuse bench"
+        )
+    return task
+
+
+__all__ = ["EstimatorTask", "Task", "TaskType", "create_task", "looped", "task_type"]

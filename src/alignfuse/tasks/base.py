@@ -8,6 +8,9 @@ evaluation measure, and its sections of the report. The loop
 (:class:`alignfuse.engine.fit.Fit`) owns the rest: seeding, optimiser and schedule,
 clipping, data parallelism, the NaN guard, checkpoints, exact resume and progress.
 
+A task the loop does not train (a closed-form estimator, a method with nothing to fit) is an
+:class:`EstimatorTask` instead: ``fit`` and ``evaluate``, no batches or steps.
+
 A new task is one file under ``alignfuse/tasks/`` holding a class registered in
 :data:`alignfuse.registry.TASKS`, plus one suite YAML whose experiments name it in their
 ``task:`` section. See the README's "Adding a task".
@@ -16,13 +19,15 @@ A new task is one file under ``alignfuse/tasks/`` holding a class registered in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
 
 from alignfuse.config import ExperimentConfig
 from alignfuse.outputs import LossOutput
+
+A = TypeVar("A")
 
 
 @runtime_checkable
@@ -86,33 +91,68 @@ class Task(Protocol):
 
 
 @runtime_checkable
-class TaskType(Protocol):
-    """A task class: how it loads data, builds a task, and reports a suite of its runs."""
+class EstimatorTask(Protocol):
+    """A kind of experiment that the loop does not train: an estimator fit in closed form
+    (the CCA family, scikit-learn style), a method with nothing to fit (warping one
+    utterance onto another), or a pipeline whose parts train through
+    :func:`alignfuse.engine.fit.fit_module` (the one loop) on their own.
+
+    The runner times :meth:`fit` as the row's training time and :meth:`evaluate` as its
+    evaluation time; ``steps`` is 0 and ``history`` empty in its results row.
+    """
 
     name: ClassVar[str]
+    cfg: ExperimentConfig
 
-    def __call__(self, cfg: ExperimentConfig, data: Any, run_dir: Path) -> Task:
+    def fit(self, progress: bool) -> None:
+        """Fit whatever the experiment fits (a no-op for a method with no parameters)."""
+        ...
+
+    def evaluate(self) -> tuple[dict[str, float], Any]:
+        """The final metrics (a flat dict) and the task's artefacts for its report."""
+        ...
+
+    def save(self, run_dir: Path) -> None:
+        """Write what a run folder needs (the config, a fitted estimator)."""
+        ...
+
+    def headline(self, metrics: dict[str, float]) -> str:
+        """The figures the runner prints when an experiment ends."""
+        ...
+
+
+@runtime_checkable
+class TaskType(Protocol):
+    """A task class: how it loads data, builds a task, and reports a suite of its runs.
+
+    The suite's ``report.md`` is written by :func:`alignfuse.bench.report.write_suite_report`
+    for every task alike (title, description, machine, leaderboard, notes); a task adds its
+    own sections."""
+
+    name: ClassVar[str]
+    leaderboard_caption: ClassVar[str]
+
+    def __call__(self, cfg: ExperimentConfig, data: Any, run_dir: Path) -> Task | EstimatorTask:
         """Build the task of one experiment."""
         ...
 
     def load_data(self, cfg: ExperimentConfig) -> Any:
-        """Load (or generate) the data the config names."""
+        """Load (or generate) the data the config names. The runner shares what it returns
+        between the experiments of a suite whose ``data`` sections are equal."""
         ...
 
     def leaderboard(self, rows: list[dict[str, Any]]) -> str:
-        """The suite's leaderboard (markdown) from its result rows."""
+        """The suite's leaderboard (a markdown table) from its result rows."""
         ...
 
-    def write_report(
-        self,
-        suite: Any,
-        rows: list[dict[str, Any]],
-        out: Path,
-        data: Any,
-        artefacts: dict[str, Any],
-        seconds: float,
-    ) -> None:
-        """Write ``out/report.md`` (and its plots) for a suite of this task's runs."""
+    def report(
+        self, rows: list[dict[str, Any]], out: Path, data: Any, artefacts: dict[str, Any]
+    ) -> list[str]:
+        """The task's sections of ``report.md`` after the leaderboard (markdown, each
+        starting with a ``## `` heading), writing their plots into ``out``. ``artefacts``
+        maps each experiment trained in this run to ``(fit, artefacts, data)``: the finished
+        loop (``None`` for an :class:`EstimatorTask`), what its ``evaluate`` returned and its
+        data; an experiment reused from an earlier run maps to ``None``."""
         ...
 
 
@@ -146,3 +186,26 @@ class TaskDefaults:
 
     def headline(self, metrics: dict[str, float]) -> str:
         return ", ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:3])
+
+    leaderboard_caption: ClassVar[str] = "test split"
+
+    @staticmethod
+    def leaderboard(rows: list[dict[str, Any]]) -> str:
+        """Every metric of the finished rows, with the training time."""
+        from alignfuse.bench.report import metrics_table
+
+        return metrics_table(rows)
+
+    @staticmethod
+    def report(
+        rows: list[dict[str, Any]], out: Path, data: Any, artefacts: dict[str, Any]
+    ) -> list[str]:
+        return []
+
+
+def task_args(cls: type[A], cfg: ExperimentConfig) -> A:
+    """``cfg.task.args`` as the task's argument dataclass ``cls`` (its defaults filled in,
+    every key and type checked; an unknown key names the closest valid one)."""
+    from alignfuse.config import from_dict
+
+    return from_dict(cls, cfg.task.args, prefix="task.args")

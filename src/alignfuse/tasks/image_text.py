@@ -318,21 +318,18 @@ class ImageTextTask(TaskDefaults):
 
     # ------------------------------------------------------------------ report
 
+    leaderboard_caption: ClassVar[str] = "test split; recalls in %"
+
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import leaderboard_markdown
+        from alignfuse.tasks.image_text_report import leaderboard_markdown
 
         return leaderboard_markdown(rows)
 
     @staticmethod
-    def write_report(
-        suite: Any,
-        rows: list[dict[str, Any]],
-        out: Path,
-        data: Any,
-        artefacts: dict[str, Any],
-        seconds: float,
-    ) -> None:
-        from alignfuse.bench.report import write_report
+    def report(
+        rows: list[dict[str, Any]], out: Path, data: Any, artefacts: dict[str, Any]
+    ) -> list[str]:
+        from alignfuse.tasks.image_text_report import report_sections
 
-        write_report(suite, rows, out, data, artefacts, seconds)
+        return report_sections(rows, out, data, artefacts)

@@ -628,9 +628,14 @@ class SchemaLinkingTask(TaskDefaults):
 
     # ------------------------------------------------------------------ report
 
+    leaderboard_caption: ClassVar[str] = (
+        "ROC AUC in %, the gap to dev in brackets; column coverage@5: questions whose every "
+        "gold column is in the top 5"
+    )
+
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import markdown_table
+        from alignfuse.bench.report import markdown_table, skipped_cells
 
         head = ["linker", "objective"]
         cells = []
@@ -640,9 +645,7 @@ class SchemaLinkingTask(TaskDefaults):
         head += ["dev col cov@5", "syn col cov@5", "dk col cov@5", "dev col F1", "train s"]
         for r in rows:
             if r.get("status") != "ok":
-                cells.append(
-                    [r["name"], f"skipped: {r.get('reason', '')}", *[""] * (len(head) - 2)]
-                )
+                cells.append(skipped_cells(r, len(head)))
                 continue
             m = r["metrics"]
             trained = bool(r.get("steps"))
@@ -660,17 +663,11 @@ class SchemaLinkingTask(TaskDefaults):
             cells.append(row)
         return markdown_table(head, cells)
 
-    @classmethod
-    def write_report(
-        cls,
-        suite: Any,
-        rows: list[dict[str, Any]],
-        out: Path,
-        data: Any,
-        artefacts: dict[str, Any],
-        seconds: float,
-    ) -> None:
-        from alignfuse.bench.report import machine, markdown_table
+    @staticmethod
+    def report(
+        rows: list[dict[str, Any]], out: Path, data: Any, artefacts: dict[str, Any]
+    ) -> list[str]:
+        from alignfuse.bench.report import markdown_table
 
         done = [r for r in rows if r.get("status") == "ok"]
         types = sorted(
@@ -692,20 +689,14 @@ class SchemaLinkingTask(TaskDefaults):
         sizes = ""
         if data is not None:
             sizes = ", ".join(f"{k} {len(v)} questions" for k, v in data.items())
-        (out / "report.md").write_text(
-            f"# alignfuse bench: suite `{suite.name}`\n\n{suite.description}\n\n"
-            f"Machine: {machine()}, torch {torch.__version__}. Whole run: {seconds:.0f} s.\n\n"
-            f"Data: {sizes}.\n\n"
-            "## Leaderboard (ROC AUC in %, the gap to dev in brackets; column coverage@5: "
-            "questions whose every gold column is in the top 5)\n\n"
-            f"{cls.leaderboard(rows)}\n"
+        return [
+            f"## Data\n\n{sizes}.\n",
             "## Spider-DK by knowledge type (column AUC / column coverage@5, %)\n\n"
             "T0: no domain knowledge; T1-T5: the paper's five types (Gan et al. 2021).\n\n"
-            f"{markdown_table(dk_head, dk_rows)}\n"
-            "## Column AUC per split\n\n![gaps](gaps.png)\n"
-            + _answers_section(done, types)
-            + _maps_section(artefacts, out)
-        )
+            f"{markdown_table(dk_head, dk_rows)}",
+            "## Column AUC per split\n\n![gaps](gaps.png)\n",
+            _answers_section(done, types) + _maps_section(artefacts, out),
+        ]
 
 
 def _answers_section(done: list[dict[str, Any]], types: list[str]) -> str:

@@ -14,6 +14,7 @@ Task arguments: ``test_sentences`` (default 80), ``held_out_voice`` (default non
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,10 +30,16 @@ from alignfuse.errors import ConfigError
 from alignfuse.metrics import modality_gap, retrieval_map, retrieval_metrics
 from alignfuse.models.speech_text import SpeechTextModel
 from alignfuse.outputs import LossOutput
-from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS, check_arguments
-from alignfuse.tasks.base import TaskDefaults
+from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS
+from alignfuse.tasks.base import TaskDefaults, task_args
 
-ARGS = ("test_sentences", "held_out_voice")
+
+@dataclass
+class SpeechTextArgs:
+    """``task.args`` of ``speech_text``."""
+
+    test_sentences: int = 80  # the last sentences, never seen in training
+    held_out_voice: str | None = None  # kept out of training, in test
 
 
 def split_sentences(data: SpokenData, n_test: int) -> tuple[list[int], list[int]]:
@@ -110,13 +117,11 @@ class SpeechTextTask(TaskDefaults):
     name: ClassVar[str] = "speech_text"
 
     def __init__(self, cfg: ExperimentConfig, data: SpokenData, run_dir: str | Path) -> None:
-        check_arguments("task", "speech_text", cfg.task.args, ARGS)
+        args = task_args(SpeechTextArgs, cfg)
         self.cfg = cfg
         self.data = data
-        self.train_s, self.test_s = split_sentences(
-            data, int(cfg.task.args.get("test_sentences", 80))
-        )
-        held_out = cfg.task.args.get("held_out_voice")
+        self.train_s, self.test_s = split_sentences(data, args.test_sentences)
+        held_out = args.held_out_voice
         voices = sorted({u.voice for u in data.utterances})
         if held_out is not None and held_out not in voices:
             raise ConfigError(f"task.args.held_out_voice {held_out!r} is not among {voices}")
@@ -218,9 +223,11 @@ class SpeechTextTask(TaskDefaults):
 
     # ------------------------------------------------------------------ report
 
+    leaderboard_caption: ClassVar[str] = "test; recalls in %"
+
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import markdown_table
+        from alignfuse.bench.report import markdown_table, skipped_cells
 
         cols = [
             ("s2t R@1", "s2t_r1"),
@@ -242,7 +249,7 @@ class SpeechTextTask(TaskDefaults):
         body = []
         for r in rows:
             if r.get("status") != "ok":
-                body.append([r["name"], f"skipped: {r.get('reason', '')}", *[""] * (len(head) - 2)])
+                body.append(skipped_cells(r, len(head)))
                 continue
             m = r["metrics"]
             body.append(
@@ -253,25 +260,17 @@ class SpeechTextTask(TaskDefaults):
             )
         return markdown_table(head, body)
 
-    @classmethod
-    def write_report(
-        cls,
-        suite: Any,
-        rows: list[dict[str, Any]],
-        out: Path,
-        data: Any,
-        artefacts: dict[str, Any],
-        seconds: float,
-    ) -> None:
-        from alignfuse.bench.report import machine
-
+    @staticmethod
+    def report(
+        rows: list[dict[str, Any]], out: Path, data: Any, artefacts: dict[str, Any]
+    ) -> list[str]:
         done = [r for r in rows if r.get("status") == "ok"]
         args = done[0]["config"]["task"]["args"] if done else {}
         held_out = args.get("held_out_voice")
         _plot(done, out / "curves.png", held_out)
         test_line = ""
         if data is not None and done:
-            n_test = int(args.get("test_sentences", 80))
+            n_test = int(args.get("test_sentences", SpeechTextArgs.test_sentences))
             _, test_s = split_sentences(data, n_test)
             groups = by_sentence(data)
             test_line = (
@@ -279,14 +278,10 @@ class SpeechTextTask(TaskDefaults):
                 f"{sum(len(groups[s]) for s in test_s)} utterances "
                 f"(chance speech-to-text R@1: {1 / len(test_s):.3f}).\n\n"
             )
-        (out / "report.md").write_text(
-            f"# alignfuse bench: suite `{suite.name}`\n\n{suite.description}\n\n"
-            f"Machine: {machine()}, torch {torch.__version__}. Whole run: {seconds:.0f} s.\n\n"
-            f"{test_line}"
-            f"## Leaderboard (test; recalls in %)\n\n{cls.leaderboard(rows)}\n"
-            f"## Speech-to-text R@1 by voice (test)\n\n{_voices(done, held_out)}\n"
-            "## Training loss and R@1 by voice\n\n![curves](curves.png)\n"
-        )
+        return [
+            f"## Speech-to-text R@1 by voice (test)\n\n{test_line}{_voices(done, held_out)}",
+            "## Training loss and R@1 by voice\n\n![curves](curves.png)",
+        ]
 
 
 def _voices(rows: list[dict[str, Any]], held_out: str | None) -> str:
