@@ -16,9 +16,16 @@ TRAINING_SUITES = [s for s in builtin_suites() if suite_kind(s) is None]
 
 
 def test_the_training_suites_are_the_expected_ones():
-    assert {"default", "smoke", "losses", "scan", "albef", "captioning", "spoken"} <= set(
-        TRAINING_SUITES
-    )
+    assert {
+        "default",
+        "smoke",
+        "losses",
+        "scan",
+        "albef",
+        "captioning",
+        "spoken",
+        "correlation",
+    } <= set(TRAINING_SUITES)
 
 
 @pytest.mark.parametrize("name", TRAINING_SUITES)
@@ -42,6 +49,11 @@ def test_every_experiment_of_a_training_suite_builds(name):
             LOSSES.create(cfg.loss.name, **cfg.loss.args)
             if not list(model.parameters()):
                 continue  # a lexical or zero-shot linker: nothing to count
+        elif cfg.task.name == "two_view":  # an estimator: built, fitted by the runner
+            from alignfuse.correlation.methods import make_estimator
+
+            make_estimator(cfg.model.name, cfg.task.args["components"], cfg.model.args)
+            continue
         else:  # the speech task builds from its data: a tiny version of the suite's
             from alignfuse.data.espeak import espeak_available
 

@@ -199,18 +199,25 @@ def test_align_cli(tmp_path, capsys):
     assert "needs --labels" in capsys.readouterr().err
 
 
-def test_correlation_suite(tmp_path, capsys):
+def test_correlation_suite_through_the_cli(tmp_path, capsys):
     suite = tmp_path / "suite.yaml"
     suite.write_text(
-        "name: corr_small\nkind: correlation\ndata: {name: digits_twoview, args: {pairs_per_image: 1}}\n"
-        "components: 5\nmethods:\n  - {name: cca, method: cca, args: {reg_x: 1.0e-3, reg_y: 1.0e-3}}\n"
-        "  - {name: kcca_ny, method: kcca, args: {method: nystrom, n_landmarks: 200}}\n"
+        "name: corr_small\nbase:\n  task: {name: two_view, args: {components: 5}}\n"
+        "  data: {name: digits_twoview, args: {pairs_per_image: 1}}\nexperiments:\n"
+        "  - {name: cca, model: {name: cca, args: {reg_x: 1.0e-3, reg_y: 1.0e-3}}}\n"
+        "  - {name: kcca_ny, model: {name: kcca, args: {method: nystrom, n_landmarks: 200}}}\n"
     )
-    assert main(["bench", "--suite", str(suite), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert main(["bench", "--suite", str(suite), "--out", str(out), "task.args.components=4"]) == 0
     assert "| cca |" in capsys.readouterr().out
-    rows = [json.loads(r) for r in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(r) for r in (out / "results.jsonl").read_text().splitlines()]
     assert [r["name"] for r in rows] == ["cca", "kcca_ny"]
-    assert (tmp_path / "out" / "correlations.png").stat().st_size > 5000
-    suite.write_text("name: x\nkind: correlation\nmethodz: []\n")
-    assert main(["bench", "--suite", str(suite)]) == 2
-    assert "did you mean 'methods'" in capsys.readouterr().err
+    assert rows[0]["config"]["task"]["args"]["components"] == 4
+    assert (out / "correlations.png").stat().st_size > 5000
+    assert (
+        main(
+            ["bench", "--suite", str(suite), "--out", str(tmp_path / "o2"), "task.args.componets=3"]
+        )
+        == 2
+    )
+    assert "did you mean 'task.args.components'" in capsys.readouterr().err

@@ -41,6 +41,7 @@ from alignfuse.tasks import (  # noqa: F401  (registers the tasks)
     image_text,
     schema_linking,
     speech_text,
+    two_view,
 )
 
 __version__ = "0.1.0.dev0"
