@@ -62,7 +62,7 @@ class TwoViewTask(TaskDefaults):
         self.estimator = make_estimator(cfg.model.name, self.args.components, cfg.model.args)
 
     @staticmethod
-    def load_data(cfg: ExperimentConfig) -> TwoViewData:
+    def load_data(cfg: ExperimentConfig) -> Any:
         data = DATASETS.create(cfg.data.name, **cfg.data.args)
         for split in ("train", "test"):
             data[split]  # a missing split is named now, not after fitting
