@@ -39,6 +39,7 @@ from alignfuse.registry import (
 )
 from alignfuse.tasks import (  # noqa: F401  (registers the tasks)
     image_text,
+    mvae,
     schema_linking,
     speech_text,
     two_view,

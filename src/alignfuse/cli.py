@@ -82,7 +82,6 @@ def _clear_out(out: Path) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench import load_suite, run_suite
     from alignfuse.bench.fusion import is_fusion_suite, run_fusion_suite
-    from alignfuse.bench.mvae import is_mvae_suite, run_mvae_suite
     from alignfuse.bench.temporal import is_temporal_suite, run_temporal_suite
 
     if args.overwrite:
@@ -90,7 +89,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for is_kind, run in (
         (is_temporal_suite, run_temporal_suite),
         (is_fusion_suite, run_fusion_suite),
-        (is_mvae_suite, run_mvae_suite),
     ):
         if is_kind(args.suite):
             out = Path(args.out) if args.out else Path("runs") / Path(args.suite).stem
