@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from alignfuse.bench.clip_clause import localize, scores, train_embedder, train_matcher
 from alignfuse.data.clips import EVENTS, load_clips, make_clip
 from alignfuse.engine.fit import fit_module
 from alignfuse.errors import DataError, TrainingDivergedError
+from alignfuse.tasks.clip_clause import localize, scores, train_embedder, train_matcher
 from alignfuse.temporal import GraphMatcher, chain_adjacency, dtw_path, sinkhorn_layer, warping_path
 
 

@@ -38,11 +38,13 @@ from alignfuse.registry import (
     list_tasks,
 )
 from alignfuse.tasks import (  # noqa: F401  (registers the tasks)
+    clip_clause,
     image_text,
     mvae,
     schema_linking,
     speech_text,
     two_view,
+    word_boundaries,
 )
 
 __version__ = "0.1.0.dev0"

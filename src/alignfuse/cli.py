@@ -82,14 +82,10 @@ def _clear_out(out: Path) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench import load_suite, run_suite
     from alignfuse.bench.fusion import is_fusion_suite, run_fusion_suite
-    from alignfuse.bench.temporal import is_temporal_suite, run_temporal_suite
 
     if args.overwrite:
         _clear_out(Path(args.out) if args.out else Path("runs") / Path(args.suite).stem)
-    for is_kind, run in (
-        (is_temporal_suite, run_temporal_suite),
-        (is_fusion_suite, run_fusion_suite),
-    ):
+    for is_kind, run in ((is_fusion_suite, run_fusion_suite),):
         if is_kind(args.suite):
             out = Path(args.out) if args.out else Path("runs") / Path(args.suite).stem
             suite_path = args.suite

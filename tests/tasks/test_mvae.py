@@ -10,7 +10,6 @@ import torch
 
 from alignfuse.bench import load_suite, run_suite
 from alignfuse.cli import main
-from alignfuse.config import load_config
 from alignfuse.errors import ConfigError
 from alignfuse.models.mvae import MVAE, train_mvae
 from alignfuse.tasks import create_task, task_type

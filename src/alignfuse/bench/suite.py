@@ -67,7 +67,8 @@ def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
     raw = safe_yaml(text, f"suite {name_or_path!r}")
     if not isinstance(raw, dict):
         raise ConfigError(f"suite {name_or_path!r} must be a mapping")
-    check_keys(raw, SUITE_KEYS, "suite")
+    # ``x-`` keys hold YAML anchors the experiments merge (as in docker-compose files)
+    check_keys({k: v for k, v in raw.items() if not str(k).startswith("x-")}, SUITE_KEYS, "suite")
     base = raw.get("base") or {}
     experiments = []
     for i, exp in enumerate(raw.get("experiments") or []):

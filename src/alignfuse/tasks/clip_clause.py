@@ -1,4 +1,5 @@
-"""Clip-to-clause localisation on the ``clips`` data: learned frame and clause embeddings,
+"""Clip-to-clause localisation on the ``clips`` data (task ``clip_clause``, suite
+``temporal``): learned frame and clause embeddings,
 then every frame assigned to one of its clip's ordered clauses by a localisation method.
 
 Embeddings: a small CNN reads each frame with its difference to the next frame (so motion is
@@ -19,17 +20,23 @@ clause's predicted and true frame span.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignfuse.data.clips import Clip, ClipSplit
+from alignfuse.config import ExperimentConfig
+from alignfuse.data.clips import Clip, ClipData, ClipSplit
 from alignfuse.engine.fit import fit_module, permuted_batches
+from alignfuse.errors import ConfigError
+from alignfuse.registry import DATASETS, TASKS, check_arguments, suggest
+from alignfuse.tasks.base import TaskDefaults, task_args
 from alignfuse.temporal import GraphMatcher, chain_adjacency, warping_path
 from alignfuse.transport import sinkhorn
 
@@ -79,7 +86,7 @@ class ClauseEncoder(nn.Module):
 
 def frame_input(clip: Clip) -> torch.Tensor:
     """``(T, 6, H, W)``: each frame in [0, 1] and its difference to the next (0 for the last)."""
-    x = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.tensor(clip.frames).permute(0, 3, 1, 2).float() / 255.0  # a copy: may be mmap
     diff = torch.cat((x[1:] - x[:-1], torch.zeros_like(x[:1])))
     return torch.cat((x, diff), dim=1)
 
@@ -259,61 +266,212 @@ def scores(clips: list[Clip], predictions: list[np.ndarray]) -> dict[str, float]
     return {"frame_acc": correct / total, "span_iou": float(np.mean(ious))}
 
 
-def run_clip_clause(
-    train: ClipSplit,
-    test: ClipSplit,
-    vocab: list[str],
-    methods: list[str],
-    cfg: dict[str, Any],
-    log: Any,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train what the methods need, localise every test clip with each; rows and examples."""
-    import time
+@dataclass
+class EmbedderArgs:
+    """Training of the frame and clause encoders (:func:`train_embedder`)."""
 
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown localisation method {m!r}; known: {', '.join(METHODS)}")
-    t0 = time.perf_counter()
-    embed, h_embed = train_embedder(train, vocab, **(cfg.get("embedder") or {}))
-    t_embed = time.perf_counter() - t0
-    log(f"clips: embedder trained in {t_embed:.1f} s (loss {h_embed[0]:.3f} -> {h_embed[-1]:.3f})")
-    matcher, t_match = None, 0.0
-    if any(m.startswith("graph") for m in methods):
-        t0 = time.perf_counter()
-        matcher, h_match = train_matcher(train, embed, **(cfg.get("matcher") or {}))
-        t_match = time.perf_counter() - t0
-        log(
-            f"clips: graph matcher trained in {t_match:.1f} s (loss {h_match[0]:.3f} -> {h_match[-1]:.3f})"
-        )
-    embedded = [embed(c) for c in test.clips]
-    rows, examples = [], {}
-    for m in methods:
-        t0 = time.perf_counter()
-        preds = [
-            localize(
-                m,
-                len(c.frames),
-                f,
-                k,
-                n_clauses=len(c.clauses),
-                matcher=matcher,
-                **(cfg.get("ot") or {}) if m == "ot" else {},
+    dim: int = 64
+    epochs: int = 12
+    clips_per_step: int = 16
+    lr: float = 2e-3
+    seed: int = 0
+
+
+@dataclass
+class MatcherArgs:
+    """Training of the graph matcher on the frozen embeddings (:func:`train_matcher`)."""
+
+    hidden: int = 64
+    epochs: int = 10
+    clips_per_step: int = 16
+    lr: float = 2e-3
+    seed: int = 0
+
+
+@dataclass
+class ClipClauseArgs:
+    """``task.args`` of ``clip_clause``."""
+
+    embedder: EmbedderArgs = field(default_factory=EmbedderArgs)
+    matcher: MatcherArgs = field(default_factory=MatcherArgs)
+
+
+class ClipClauseData:
+    """The clips, and the embedder and matcher trained on them, each trained once per
+    setting and shared by the experiments of a suite (the runner shares one loaded dataset
+    between experiments whose ``data`` sections are equal)."""
+
+    def __init__(self, clips: ClipData) -> None:
+        self.clips = clips
+        self._embedders: dict[str, tuple[Embedder, list[float], float]] = {}
+        self._matchers: dict[str, tuple[GraphMatcher, list[float], float]] = {}
+
+    def embedder(self, args: EmbedderArgs, progress: bool) -> tuple[Embedder, list[float], float]:
+        """The trained embedder (trained on first use): it, its losses, its training time."""
+        key = json.dumps(asdict(args), sort_keys=True)
+        if key not in self._embedders:
+            t0 = time.perf_counter()
+            embed, history = train_embedder(
+                self.clips["train"], self.clips.vocabulary(), **asdict(args), progress=progress
             )
-            for c, (f, k) in zip(test.clips, embedded, strict=True)
+            self._embedders[key] = (embed, history, time.perf_counter() - t0)
+        return self._embedders[key]
+
+    def matcher(
+        self, embedder: EmbedderArgs, args: MatcherArgs, progress: bool
+    ) -> tuple[GraphMatcher, list[float], float]:
+        """The graph matcher trained on the embedder's frozen embeddings (on first use)."""
+        key = json.dumps([asdict(embedder), asdict(args)], sort_keys=True)
+        if key not in self._matchers:
+            embed, _, _ = self.embedder(embedder, progress)
+            t0 = time.perf_counter()
+            matcher, history = train_matcher(
+                self.clips["train"], embed, **asdict(args), progress=progress
+            )
+            self._matchers[key] = (matcher, history, time.perf_counter() - t0)
+        return self._matchers[key]
+
+
+@TASKS.register("clip_clause")
+class ClipClauseTask(TaskDefaults):
+    """Every frame of a clip assigned one of its ordered clauses by a localisation method
+    (``model.name``: one of :data:`METHODS`; ``model.args``: ``ot_reg`` and
+    ``position_weight`` for ``ot``). The embedder (and, for ``graph`` / ``graph_dtw``, the
+    matcher) is trained through the one loop the first time an experiment of the suite needs
+    it; the row's training time is what that experiment waited for."""
+
+    name: ClassVar[str] = "clip_clause"
+    leaderboard_caption: ClassVar[str] = "test clips"
+
+    def __init__(self, cfg: ExperimentConfig, data: ClipClauseData, run_dir: str | Path) -> None:
+        self.cfg, self.data = cfg, data
+        self.args = task_args(ClipClauseArgs, cfg)
+        self.method = cfg.model.name
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"unknown localisation method {self.method!r} (model.name)"
+                f"{suggest(self.method, list(METHODS))}; known: {', '.join(METHODS)}"
+            )
+        check_arguments(
+            "method",
+            self.method,
+            cfg.model.args,
+            ["ot_reg", "position_weight"] if self.method == "ot" else [],
+        )
+        if not isinstance(data, ClipClauseData):
+            raise ConfigError(
+                f"task 'clip_clause' needs its own data (load_data); got {type(data).__name__}"
+            )
+        self.embed: Embedder | None = None
+        self.graph: GraphMatcher | None = None
+        self.losses: dict[str, list[float]] = {}
+
+    @staticmethod
+    def load_data(cfg: ExperimentConfig) -> ClipClauseData:
+        clips = DATASETS.create(cfg.data.name, **cfg.data.args)
+        if not isinstance(clips, ClipData):
+            raise ConfigError(
+                f"task 'clip_clause' needs the clips data; data {cfg.data.name!r} is "
+                f"{type(clips).__name__}"
+            )
+        return ClipClauseData(clips)
+
+    def fit(self, progress: bool) -> None:
+        if self.method == "uniform":
+            return  # needs no embeddings
+        self.embed, self.losses["embedder"], _ = self.data.embedder(self.args.embedder, progress)
+        if self.method.startswith("graph"):
+            self.graph, self.losses["matcher"], _ = self.data.matcher(
+                self.args.embedder, self.args.matcher, progress
+            )
+
+    def evaluate(self) -> tuple[dict[str, float], Any]:
+        test = self.data.clips["test"]
+        preds = []
+        for clip in test.clips:
+            f, k = self.embed(clip) if self.embed is not None else (None, None)
+            preds.append(
+                localize(
+                    self.method,
+                    len(clip.frames),
+                    f,
+                    k,
+                    n_clauses=len(clip.clauses),
+                    matcher=self.graph,
+                    **self.cfg.model.args,
+                )
+            )
+        return scores(test.clips, preds), {"examples": preds[:4], "losses": self.losses}
+
+    def headline(self, metrics: dict[str, float]) -> str:
+        return f"frame accuracy {metrics['frame_acc']:.3f}, span IoU {metrics['span_iou']:.3f}"
+
+    # ------------------------------------------------------------------ report
+
+    @staticmethod
+    def leaderboard(rows: list[dict[str, Any]]) -> str:
+        from alignfuse.bench.report import markdown_table, skipped_cells
+
+        head = ["method", "frame accuracy", "span IoU", "train s", "localise s"]
+        body = []
+        for r in rows:
+            if r.get("status") != "ok":
+                body.append(skipped_cells(r, len(head)))
+                continue
+            body.append(
+                [
+                    r["name"],
+                    f"{r['metrics']['frame_acc']:.3f}",
+                    f"{r['metrics']['span_iou']:.3f}",
+                    f"{r['train_seconds']:.1f}",
+                    f"{r['eval_seconds']:.2f}",
+                ]
+            )
+        return markdown_table(head, body)
+
+    @staticmethod
+    def report(
+        rows: list[dict[str, Any]], out: Path, data: Any, artefacts: dict[str, Any]
+    ) -> list[str]:
+        examples = {n: a[1]["examples"] for n, a in artefacts.items() if a is not None}
+        if not isinstance(data, ClipClauseData) or not examples:
+            return []
+        test = data.clips["test"]
+        _plot_timelines(test.clips[:4], examples, out / "clip_timelines.png")
+        return [
+            f"## Clips to clauses\n\n{len(data.clips['train'])} training and {len(test)} test "
+            "clips; every frame is assigned one of its clip's ordered clauses. The embedder "
+            "(and the graph matcher) is trained once, by the first experiment that needs it; "
+            "its `train s` holds that time, later experiments reuse it.\n\n"
+            "![timelines](clip_timelines.png)\n"
         ]
-        sc = scores(test.clips, preds)
-        train_s = 0.0 if m == "uniform" else t_embed + (t_match if m.startswith("graph") else 0.0)
-        rows.append(
-            {
-                "task": "clips_to_clauses",
-                "name": m,
-                "metrics": sc,
-                "train_seconds": round(train_s, 1),
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-        )
-        examples[m] = preds[:4]
-        log(
-            f"clips_to_clauses / {m}: frame accuracy {sc['frame_acc']:.3f}, span IoU {sc['span_iou']:.3f}"
-        )
-    return rows, examples
+
+
+def _plot_timelines(clips: list[Any], examples: dict[str, list[np.ndarray]], path: Path) -> None:
+    from alignfuse.bench.report import pyplot
+
+    plt = pyplot()
+    names = ["truth", *examples]
+    fig, axes = plt.subplots(
+        len(clips), 1, figsize=(9, 1.0 + 0.32 * len(names) * len(clips)), squeeze=False
+    )
+    cmap = plt.get_cmap("tab10")
+    for ax, (ci, clip) in zip(axes[:, 0], enumerate(clips), strict=True):
+        for row, name in enumerate(names):
+            labels = clip.labels() if name == "truth" else examples[name][ci]
+            ax.bar(
+                np.arange(len(labels)),
+                0.8,
+                bottom=len(names) - 1 - row,
+                width=1.0,
+                color=[cmap(int(k) % 10) for k in labels],
+                align="edge",
+            )
+        ax.set_yticks(np.arange(len(names)) + 0.4, names[::-1], fontsize=7)
+        ax.set_xlim(0, len(clip.frames))
+        ax.set_title(" | ".join(clip.clauses), fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[-1, 0].set_xlabel("frame (colour = clause index)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
