@@ -40,10 +40,13 @@ from alignfuse.registry import (
 from alignfuse.tasks import (  # noqa: F401  (registers the tasks)
     clip_clause,
     image_text,
+    matching,
     mvae,
+    rerank,
     schema_linking,
     speech_text,
     two_view,
+    vqa,
     word_boundaries,
 )
 

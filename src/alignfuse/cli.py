@@ -81,25 +81,9 @@ def _clear_out(out: Path) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alignfuse.bench import load_suite, run_suite
-    from alignfuse.bench.fusion import is_fusion_suite, run_fusion_suite
 
     if args.overwrite:
         _clear_out(Path(args.out) if args.out else Path("runs") / Path(args.suite).stem)
-    for is_kind, run in ((is_fusion_suite, run_fusion_suite),):
-        if is_kind(args.suite):
-            out = Path(args.out) if args.out else Path("runs") / Path(args.suite).stem
-            suite_path = args.suite
-            if args.overrides:  # the suite file with its keys overridden, saved in the run
-                import yaml
-
-                from alignfuse.bench.suite import override_suite_file, read_suite_file
-
-                raw = override_suite_file(read_suite_file(args.suite), args.overrides, args.suite)
-                out.mkdir(parents=True, exist_ok=True)
-                suite_path = str(out / "suite.yaml")
-                Path(suite_path).write_text(yaml.safe_dump(raw, sort_keys=False))
-            run(suite_path, out)
-            return 0
     suite = load_suite(args.suite, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / suite.name
     run_suite(suite, out, progress=None if not args.no_progress else False)

@@ -88,66 +88,8 @@ def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
     )
 
 
-def read_suite_file(name_or_path: str) -> Any:
-    """The parsed YAML of a suite (a file path or a built-in name), or ``None`` if neither."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return safe_yaml(p.read_text(), f"suite {name_or_path!r}")
-    f = resources.files("alignfuse.bench") / "suites" / f"{name_or_path}.yaml"
-    return safe_yaml(f.read_text(), f"suite {name_or_path!r}") if f.is_file() else None
-
-
-def read_checked_suite(name_or_path: str, allowed: set[str]) -> dict[str, Any]:
-    """The top level of a suite file, every key checked against ``allowed``."""
-    raw = read_suite_file(name_or_path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"suite {name_or_path!r} is not a YAML mapping (a file or built-in name)")
-    check_keys(raw, allowed, "suite")
-    return raw
-
-
-def suite_kind(name_or_path: str) -> str | None:
-    """The ``kind`` key of a suite (``correlation``, ``temporal``, ``fusion``), if any."""
-    raw = read_suite_file(name_or_path)
-    return raw.get("kind") if isinstance(raw, dict) else None
-
-
 def check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
     """Reject an unknown key of a suite section, naming the closest valid one."""
     for key in section:
         if key not in allowed:
             raise ConfigError(f"unknown {where} key {key!r}{suggest(key, sorted(allowed))}")
-
-
-def override_suite_file(raw: Any, overrides: list[str], name: str) -> dict[str, Any]:
-    """A suite file's mapping with dotted ``key.sub=value`` overrides (values read as
-    YAML). Only keys the file already has can be overridden (a kind suite's runner reads
-    some sections without checking them, so a misspelt key would otherwise be ignored); an
-    unknown key names the closest one the file has."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"suite {name!r} is not a YAML mapping")
-    out: dict[str, Any] = copy.deepcopy(raw)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node: Any = out
-        for depth, part in enumerate(parts):
-            if not isinstance(node, dict):
-                where = ".".join(parts[:depth])
-                raise ConfigError(f"suite {name!r}: {where!r} is not a mapping, cannot set {key!r}")
-            if part not in node:
-                here = ".".join(parts[:depth])
-                valid = [f"{here}.{k}" if here else str(k) for k in node]
-                raise ConfigError(
-                    f"unknown key {key!r} in suite {name!r}{suggest(key, valid)} (keys the "
-                    "suite file has can be overridden)"
-                )
-            if depth == len(parts) - 1:
-                node[part] = (
-                    safe_yaml(text, f"override {item!r}: the value") if text.strip() else ""
-                )
-            else:
-                node = node[part]
-    return out
