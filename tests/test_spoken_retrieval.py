@@ -146,7 +146,7 @@ def test_spoken_suite_rejects_bad_settings(tmp_path, monkeypatch):
     bad.write_text(SMALL.format(voice="en-029").replace("test_sentences", "test_sentencez"))
     if not espeak_available():
         pytest.skip("libespeak-ng is not installed")
-    with pytest.raises(ConfigError, match="did you mean 'test_sentences'"):
+    with pytest.raises(ConfigError, match="did you mean 'task.args.test_sentences'"):
         _run(bad, tmp_path / "o1")
     small = SMALL.format(voice="klingon").replace("n_sentences: 60", "n_sentences: 4")
     bad.write_text(small.replace("test_sentences: 20", "test_sentences: 2"))

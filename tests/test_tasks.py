@@ -79,14 +79,15 @@ def test_speech_text_trains_resumes_exactly_and_evaluates(tmp_path, spoken_tiny)
     metrics, _ = task.evaluate(full.model)
     model = full.model.eval()
     with torch.no_grad():
-        text = model.encode_text([spoken_tiny.sentences[s] for s in task.test_s])
+        sentences = [spoken_tiny.sentences[s] for s in task.test_s]
+        text = model.encode("text", model.prepare("text", sentences))
         hits, per_voice = [], {}
         for i, u in enumerate(spoken_tiny.utterances):
             if u.sentence not in task.test_s:
                 continue
             from alignfuse.encoders.audio import pad_frames
 
-            a = model.encode_audio(pad_frames([task.feats[i]]))[0]
+            a = model.encode("audio", pad_frames([task.feats[i]]))[0]
             hit = task.test_s[int((text @ a).argmax())] == u.sentence
             hits.append(hit)
             per_voice.setdefault(u.voice, []).append(hit)

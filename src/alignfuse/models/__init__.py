@@ -20,7 +20,7 @@ from alignfuse.models.mvae import MVAE, train_mvae
 from alignfuse.models.prefix_lm import PrefixLM, build_prefix_lm
 from alignfuse.models.qformer import QFormer, QFormerLayer, build_qformer
 from alignfuse.models.scan import SCANModel, build_scan
-from alignfuse.models.speech_text import SpeechTextModel, build_speech_text
+from alignfuse.models.speech_text import build_speech_text
 
 __all__ = [
     "ALBEF",
@@ -36,7 +36,6 @@ __all__ = [
     "QFormerLayer",
     "SCANModel",
     "SchemaDualEncoder",
-    "SpeechTextModel",
     "StringMatchLinker",
     "build_albef",
     "build_cca_dual",

@@ -1,6 +1,6 @@
 """Speech-text retrieval on spoken sentences (task ``speech_text``, suite ``spoken``).
 
-A speech-text dual encoder (:class:`~alignfuse.models.speech_text.SpeechTextModel`) is
+A speech-text dual encoder (:class:`~alignfuse.models.DualEncoder` keyed ``("audio", "text")``) is
 trained so that an utterance and its sentence embed together: each batch holds
 ``train.batch_size`` distinct training sentences with one of their utterances each (so a
 batch holds no false negatives), drawn as a pure function of ``(seed, epoch)``. The last
@@ -28,7 +28,8 @@ from alignfuse.encoders.audio import pad_frames
 from alignfuse.encoders.tokenizer import Tokenizer
 from alignfuse.errors import ConfigError
 from alignfuse.metrics import modality_gap, retrieval_map, retrieval_metrics
-from alignfuse.models.speech_text import SpeechTextModel
+from alignfuse.models.dual_encoder import DualEncoder
+from alignfuse.models.speech_text import MODALITIES
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS
 from alignfuse.tasks.base import TaskDefaults, task_args
@@ -52,11 +53,16 @@ def split_sentences(data: SpokenData, n_test: int) -> tuple[list[int], list[int]
     return list(range(n - n_test)), list(range(n - n_test, n))
 
 
-def features(model: SpeechTextModel, data: SpokenData) -> list[torch.Tensor]:
+def is_speech_text(model: nn.Module) -> bool:
+    """Whether ``model`` is a speech-text dual encoder."""
+    return isinstance(model, DualEncoder) and model.modalities == MODALITIES
+
+
+def features(model: DualEncoder, data: SpokenData) -> list[torch.Tensor]:
     """Normalised log-mel frames of every utterance (computed once)."""
     out = []
     for u in data.utterances:
-        b = model.audio.prepare([u.audio], u.sample_rate)
+        b = model.prepare("audio", [u.audio], u.sample_rate)
         out.append(b["feats"][0, : int(b["lengths"][0])])
     return out
 
@@ -72,7 +78,7 @@ def by_sentence(data: SpokenData, exclude_voice: str | None = None) -> dict[int,
 
 @torch.no_grad()
 def evaluate_speech_text(
-    model: SpeechTextModel, data: SpokenData, feats: list[torch.Tensor], sentences: list[int]
+    model: DualEncoder, data: SpokenData, feats: list[torch.Tensor], sentences: list[int]
 ) -> dict[str, float]:
     """Retrieval between the given sentences and all their utterances."""
     was_training = model.training
@@ -80,19 +86,20 @@ def evaluate_speech_text(
     try:
         index = {s: i for i, s in enumerate(sentences)}
         utts = [i for i, u in enumerate(data.utterances) if u.sentence in index]
-        dev = model.audio_proj.weight.device
+        dev = next(model.parameters()).device
         audio = torch.cat(
             [
-                model.encode_audio(
+                model.encode(
+                    "audio",
                     {
                         k: v.to(dev)
                         for k, v in pad_frames([feats[i] for i in utts[k : k + 64]]).items()
-                    }
+                    },
                 )
                 for k in range(0, len(utts), 64)
             ]
         )
-        text = model.encode_text([data.sentences[s] for s in sentences])
+        text = model.encode("text", model.prepare("text", [data.sentences[s] for s in sentences]))
     finally:
         model.train(was_training)
     owner = torch.tensor([index[data.utterances[i].sentence] for i in utts], device=dev)
@@ -165,7 +172,7 @@ class SpeechTextTask(TaskDefaults):
         return model, loss
 
     def setup(self, model: nn.Module, loss_fn: nn.Module, device: torch.device, world: int) -> None:
-        if not isinstance(model, SpeechTextModel):
+        if not isinstance(model, DualEncoder) or not is_speech_text(model):
             raise ConfigError(
                 f"task 'speech_text' trains a speech_text model, got model.name {self.cfg.model.name!r}"
             )
@@ -200,9 +207,9 @@ class SpeechTextTask(TaskDefaults):
         }
 
     def step(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> LossOutput:
-        assert isinstance(model, SpeechTextModel)
-        a = model.encode_audio(batch["audio"])
-        t = model.encode_text(batch["text"])
+        assert isinstance(model, DualEncoder)
+        a = model.encode("audio", batch["audio"])
+        t = model.encode("text", model.prepare("text", batch["text"]))
         return LossOutput(loss_fn(a, t).loss)
 
     # ------------------------------------------------------------------ evaluation
@@ -212,7 +219,7 @@ class SpeechTextTask(TaskDefaults):
         self.tokenizer.save(run_dir / "vocab.json")
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], Any]:
-        assert isinstance(model, SpeechTextModel)
+        assert isinstance(model, DualEncoder)
         return evaluate_speech_text(model, self.data, self.feats, self.test_s), None
 
     def headline(self, metrics: dict[str, float]) -> str:
