@@ -10,7 +10,7 @@ import pytest
 from alignfuse.data.spider import LinkingData, Schema, gold_links, load_spider, load_spider_splits
 from alignfuse.errors import DataError
 
-SPIDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "spider"
+SPIDER = Path(__file__).resolve().parents[3] / "shared" / "data" / "spider"
 
 PETS = {
     "db_id": "pets",
