@@ -48,3 +48,97 @@ def two_stage_winoground_loop(
                     m = model.match_scores(feats[i : i + 1], tokens[c : c + 1], mask[c : c + 1])
                     scores[g, c, i] = float(m) + float(first_stage(img[i], txt[c]))
     return scores
+
+
+# a toy Spider schema (tables.json entry) and its item indices
+PETS = {
+    "db_id": "pets",
+    "table_names": ["student", "pet", "has pet"],
+    "table_names_original": ["Student", "Pet", "Has_Pet"],
+    "column_names": [
+        [-1, "*"],
+        [0, "student id"],
+        [0, "name"],
+        [0, "age"],
+        [1, "pet id"],
+        [1, "owner id"],
+        [1, "pet age"],
+        [2, "student id"],
+        [2, "pet id"],
+    ],
+    "column_names_original": [
+        [-1, "*"],
+        [0, "StuID"],
+        [0, "Name"],
+        [0, "Age"],
+        [1, "PetID"],
+        [1, "OwnerID"],
+        [1, "pet_age"],
+        [2, "StuID"],
+        [2, "PetID"],
+    ],
+    "column_types": [
+        "text",
+        "number",
+        "text",
+        "number",
+        "number",
+        "number",
+        "number",
+        "number",
+        "number",
+    ],
+    "primary_keys": [1, 4],
+    "foreign_keys": [[5, 1], [7, 1], [8, 4]],
+}
+STUDENT, PET, HAS_PET = 0, 1, 2
+S_ID, S_NAME, S_AGE, P_ID, P_OWNER, P_AGE, H_STU, H_PET = range(8)
+
+
+HF_WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "red",
+    "blue",
+    "circle",
+    "square",
+    "drawing",
+    "of",
+    "two",
+    "green",
+    "stars",
+]
+
+
+def _hf_towers(kind: str) -> dict[str, Any]:
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    text = dict(vocab_size=len(HF_WORDS), max_position_embeddings=16, **tower)
+    if kind == "clip":
+        text["eos_token_id"] = 3  # [SEP] ends the text: CLIP pools there
+    return {"text_config": text, "vision_config": dict(image_size=30, patch_size=6, **tower)}
+
+
+def save_tiny_hf(folder: Path, kind: str) -> Path:
+    """A tiny random CLIP (``kind="clip"``) or SigLIP checkpoint with its tokenizer and
+    image processor, saved into ``folder`` as transformers saves one."""
+    import transformers as tf
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    if kind == "clip":
+        model = tf.CLIPModel(tf.CLIPConfig(projection_dim=16, **_hf_towers(kind)))
+        proc = tf.CLIPImageProcessorPil(
+            size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}
+        )
+    else:
+        model = tf.SiglipModel(tf.SiglipConfig(**_hf_towers(kind)))
+        proc = tf.SiglipImageProcessorPil(size={"height": 30, "width": 30})
+    model.save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(HF_WORDS))
+    tf.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder

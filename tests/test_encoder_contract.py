@@ -30,9 +30,9 @@ def _images(size: int = 64) -> dict[str, Any]:
 
 
 def _hf(tmp_path: Path) -> Path:
-    from test_hf import _save
+    from helpers import save_tiny_hf
 
-    return _save(tmp_path / "clip", "clip")
+    return save_tiny_hf(tmp_path / "clip", "clip")
 
 
 def _needs(module: str) -> None:

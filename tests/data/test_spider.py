@@ -9,51 +9,22 @@ import pytest
 
 from alignfuse.data.spider import LinkingData, Schema, gold_links, load_spider, load_spider_splits
 from alignfuse.errors import DataError
+from helpers import (
+    H_PET,
+    H_STU,
+    HAS_PET,
+    P_AGE,
+    P_ID,
+    P_OWNER,
+    PET,
+    PETS,
+    S_AGE,
+    S_ID,
+    S_NAME,
+    STUDENT,
+)
 
 SPIDER = Path(__file__).resolve().parents[3] / "shared" / "data" / "spider"
-
-PETS = {
-    "db_id": "pets",
-    "table_names": ["student", "pet", "has pet"],
-    "table_names_original": ["Student", "Pet", "Has_Pet"],
-    "column_names": [
-        [-1, "*"],
-        [0, "student id"],
-        [0, "name"],
-        [0, "age"],
-        [1, "pet id"],
-        [1, "owner id"],
-        [1, "pet age"],
-        [2, "student id"],
-        [2, "pet id"],
-    ],
-    "column_names_original": [
-        [-1, "*"],
-        [0, "StuID"],
-        [0, "Name"],
-        [0, "Age"],
-        [1, "PetID"],
-        [1, "OwnerID"],
-        [1, "pet_age"],
-        [2, "StuID"],
-        [2, "PetID"],
-    ],
-    "column_types": [
-        "text",
-        "number",
-        "text",
-        "number",
-        "number",
-        "number",
-        "number",
-        "number",
-        "number",
-    ],
-    "primary_keys": [1, 4],
-    "foreign_keys": [[5, 1], [7, 1], [8, 4]],
-}
-STUDENT, PET, HAS_PET = 0, 1, 2
-S_ID, S_NAME, S_AGE, P_ID, P_OWNER, P_AGE, H_STU, H_PET = range(8)
 
 
 @pytest.fixture(scope="module")

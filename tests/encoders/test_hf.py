@@ -15,63 +15,19 @@ pytest.importorskip("transformers")
 from alignfuse import create_encoder, create_model
 from alignfuse.encoders.hf import HFDualEncoder, HFTextTower, HFVisionTower
 from alignfuse.engine.evaluate import images_to_tensor
+from helpers import save_tiny_hf
 
-WORDS = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "a",
-    "red",
-    "blue",
-    "circle",
-    "square",
-    "drawing",
-    "of",
-    "two",
-    "green",
-    "stars",
-]
 TEXTS = ["a red circle", "two green stars", "a drawing of a blue square"]
-
-
-def _towers(kind: str) -> dict:
-    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    text = dict(vocab_size=len(WORDS), max_position_embeddings=16, **tower)
-    if kind == "clip":
-        text["eos_token_id"] = 3  # [SEP] ends the text: CLIP pools there
-    return {"text_config": text, "vision_config": dict(image_size=30, patch_size=6, **tower)}
-
-
-def _save(folder: Path, kind: str) -> Path:
-    import transformers as tf
-
-    folder.mkdir(parents=True)
-    torch.manual_seed(0)
-    if kind == "clip":
-        model = tf.CLIPModel(tf.CLIPConfig(projection_dim=16, **_towers(kind)))
-        proc = tf.CLIPImageProcessorPil(
-            size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}
-        )
-    else:
-        model = tf.SiglipModel(tf.SiglipConfig(**_towers(kind)))
-        proc = tf.SiglipImageProcessorPil(size={"height": 30, "width": 30})
-    model.save_pretrained(folder)
-    (folder / "vocab.txt").write_text("\n".join(WORDS))
-    tf.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    proc.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
-    return _save(tmp_path_factory.mktemp("hf") / "clip", "clip")
+    return save_tiny_hf(tmp_path_factory.mktemp("hf") / "clip", "clip")
 
 
 @pytest.fixture(scope="module")
 def siglip_dir(tmp_path_factory) -> Path:
-    return _save(tmp_path_factory.mktemp("hf") / "siglip", "siglip")
+    return save_tiny_hf(tmp_path_factory.mktemp("hf") / "siglip", "siglip")
 
 
 def _images(n: int = 3, h: int = 40, w: int = 52) -> np.ndarray:

@@ -22,7 +22,7 @@ from alignfuse.models.linkers import (
     words,
 )
 from alignfuse.tasks import create_task
-from test_spider import P_ID, P_OWNER, PET, PETS, S_ID
+from helpers import P_ID, P_OWNER, PET, PETS, S_ID
 
 
 def test_words_fold_plurals_and_punctuation():
