@@ -1,5 +1,6 @@
 """Helpers shared by the test modules (imported as ``helpers``: ``tests/`` is on the path)."""
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,47 @@ def save_tiny_hf(folder: Path, kind: str) -> Path:
     tf.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
     proc.save_pretrained(folder)
     return folder
+
+
+QUESTIONS = [
+    ("How many pets are there?", "SELECT count(*) FROM pet"),
+    ("List the names of all students.", "SELECT name FROM student"),
+    ("What is the age of the oldest student?", "SELECT max(age) FROM student"),
+    (
+        "Which students own a pet?",
+        "SELECT T1.name FROM student AS T1 JOIN has_pet AS T2 ON T1.stuid = T2.stuid",
+    ),
+    ("How old are the pets?", "SELECT pet_age FROM pet"),
+    ("Show the ids of students older than 20.", "SELECT stuid FROM student WHERE age > 20"),
+]
+
+
+def write_spider_folder(tmp_path: Path) -> Path:
+    """A Spider-format folder: two databases (one held out for validation), dev, syn, dk."""
+    other = json.loads(json.dumps(PETS))
+    other["db_id"] = "pets_2"
+    for name, sub in (("spider-syn", [PETS, other]), ("spider-dk", [PETS])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tables.json").write_text(json.dumps(sub))
+    train = [
+        {"db_id": db, "SpiderQuestion": q, "SpiderSynQuestion": q, "query": s}
+        for db in ("pets", "pets_2")
+        for q, s in QUESTIONS
+    ]
+    dev = [
+        {
+            "db_id": "pets",
+            "SpiderQuestion": q,
+            "SpiderSynQuestion": q.replace("pet", "animal"),
+            "query": s,
+        }
+        for q, s in QUESTIONS
+    ]
+    dk = [
+        {"db_id": "pets", "question": q, "query": s, "type": i % 3}
+        for i, (q, s) in enumerate(QUESTIONS)
+    ]
+    (tmp_path / "spider-syn" / "train_spider.json").write_text(json.dumps(train))
+    (tmp_path / "spider-syn" / "dev.json").write_text(json.dumps(dev))
+    (tmp_path / "spider-dk" / "Spider-DK.json").write_text(json.dumps(dk))
+    return tmp_path
