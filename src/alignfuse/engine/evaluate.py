@@ -189,6 +189,29 @@ def match_pairs(
     return torch.cat(out) if out else regions.new_zeros(0)
 
 
+class InteractionPairs:
+    """An all-pairs interaction scorer (SCAN, FILIP, IMRAM, DIME: ``scorer(regions, words,
+    region_mask, word_mask) -> (n_images, n_texts)``) as the ``match_scores`` of
+    :func:`rerank`: each batch's pairs are scored image by image, every image against the
+    texts it is paired with."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+
+    def match_scores(
+        self,
+        regions: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        region_index: torch.Tensor,
+    ) -> torch.Tensor:
+        out = regions.new_empty(len(region_index))
+        for u in torch.unique(region_index).tolist():
+            rows = (region_index == u).nonzero()[:, 0]
+            out[rows] = self.scorer(regions[u : u + 1], words[rows], None, word_mask[rows])[0]
+        return out
+
+
 @torch.inference_mode()
 def rerank(
     model: Any,
@@ -198,10 +221,13 @@ def rerank(
     word_mask: torch.Tensor,
     k: int,
     batch_size: int = 256,
+    add_first_stage: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two-stage retrieval, ALBEF's protocol: every image's top ``k`` captions and every
     caption's top ``k`` images by the first-stage ``sims (n_images, n_texts)`` are
-    re-scored by ``model.match_scores + sims`` (each pair once).
+    re-scored by ``model.match_scores + sims`` (each pair once; ``add_first_stage=False``:
+    by ``model.match_scores`` alone). An all-pairs interaction scorer re-ranks through
+    :class:`InteractionPairs`.
 
     Returns ``(i2t, t2i)`` score matrices: in ``i2t`` each image's re-scored captions rank
     above its others, which keep their first-stage order; ``t2i`` likewise per caption.
@@ -223,7 +249,9 @@ def rerank(
     pairs, inverse = torch.unique(torch.cat([flat_a, flat_b]), return_inverse=True)
     img_idx, txt_idx = pairs // n_txt, pairs % n_txt
     match = match_pairs(model, regions, words, word_mask, img_idx, txt_idx, batch_size)
-    scores = match.to(sims.dtype) + sims[img_idx, txt_idx]
+    scores = match.to(sims.dtype)
+    if add_first_stage:
+        scores = scores + sims[img_idx, txt_idx]
     # everything not re-scored sits below every re-scored pair, in first-stage order
     below = sims - (sims.max() - scores.min() + 1.0)
     i2t, t2i = below.clone(), below.clone()

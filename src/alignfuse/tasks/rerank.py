@@ -10,7 +10,9 @@ with the one loop (``train``: epochs, batch size, learning rate; symmetric InfoN
 batch's all-pairs scores, ``task.args.scale`` times the scores as logits); one without (SCAN,
 FILIP) is used as it is. Reported: text-to-image R@K, hard-negative accuracy (the true caption
 against its minimal edit) and Winoground scores, by the scorer on tokens; the latency per
-query (both stages). An :class:`~alignfuse.tasks.base.EstimatorTask`.
+query (both stages: the re-scored pairs of every caption's and every image's top ``k``, by
+:func:`alignfuse.engine.evaluate.rerank`, the re-ranker of the two-stage models). An
+:class:`~alignfuse.tasks.base.EstimatorTask`.
 
 Task arguments: ``k`` (default 16), ``scale`` (default 10), ``pretrain`` (the frozen towers).
 """
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.config import ExperimentConfig
-from alignfuse.engine.evaluate import images_to_tensor
+from alignfuse.engine.evaluate import InteractionPairs, images_to_tensor, rerank, two_stage_metrics
 from alignfuse.engine.fit import fit_module
 from alignfuse.errors import ConfigError
 from alignfuse.interaction.recurrent import attention_weights
@@ -295,18 +297,24 @@ class RerankTask(TaskDefaults):
                 **compositional(None, d.probe),
                 "ms_per_query": round(d.first_stage_ms, 3),
             }, None
-        # stage two: for every caption, re-score its top-k images by the dual encoder
+        # stage two: every caption's (and every image's) top k re-scored by the scorer alone
         t0 = time.perf_counter()
-        reranked = sims.clone()
-        top = sims.topk(k, dim=0).indices  # (k, n_captions)
-        for c in range(sims.shape[1]):
-            cand = top[:, c]
-            s = self.scorer(d.regions[cand], d.words[c : c + 1], None, d.wmask[c : c + 1])[:, 0]
-            reranked[cand, c] = 10.0 + s  # re-ranked candidates stay above the rest
+        i2t, t2i = rerank(
+            InteractionPairs(self.scorer),
+            sims,
+            d.regions,
+            d.words,
+            d.wmask,
+            k,
+            add_first_stage=False,
+        )
         ms = (time.perf_counter() - t0) / sims.shape[1] * 1000 + d.first_stage_ms
-        m = retrieval_metrics(reranked, d.owner)
+        m = two_stage_metrics(i2t, t2i, d.owner)
         return {
-            **{key: m[key] for key in ("t2i_r1", "t2i_r5", "t2i_r10")},
+            **{
+                key: m[key]
+                for key in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
+            },
             **compositional(self.scorer, d.probe),
             "ms_per_query": round(ms, 3),
         }, None
