@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from alignfuse.fusion._base import Fusion, as_sequence, pool
+from alignfuse.layers import QFormerLayer
 from alignfuse.registry import FUSION
 
 
@@ -309,25 +310,13 @@ class BottleneckFusion(_Projected):
         return self.out(pooled)  # type: ignore[no-any-return]
 
 
-class _QLayer(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.self_att = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.cross = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ffn = _ffn(width)
-        self.n = nn.ModuleList(nn.LayerNorm(width) for _ in range(3))
-
-    def forward(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q = self.n[0](q + self.self_att(q, q, q, need_weights=False)[0])
-        q = self.n[1](q + self.cross(q, kv, kv, key_padding_mask=~mask, need_weights=False)[0])
-        return self.n[2](q + self.ffn(q))  # type: ignore[no-any-return]
-
-
 @FUSION.register("qformer")
 class QFormerFusion(_Projected):
     """Q-Former (BLIP-2): ``n_queries`` learned query tokens self-attend and cross-attend the
-    (frozen) encoder outputs of the given modalities; the output has a fixed size whatever
-    the input length. ``query_outputs`` returns the ``(B, n_queries, width)`` queries."""
+    (frozen) encoder outputs of the given modalities through the Q-Former model's pre-norm
+    layers (:class:`alignfuse.layers.QFormerLayer`, queries only), then a final LayerNorm;
+    the output has a fixed size whatever the input length. ``query_outputs`` returns the
+    ``(B, n_queries, width)`` queries."""
 
     def __init__(
         self,
@@ -340,7 +329,8 @@ class QFormerFusion(_Projected):
     ) -> None:
         super().__init__(dims, out_dim, width, heads)
         self.queries = nn.Parameter(torch.randn(1, n_queries, width) * 0.02)
-        self.layers = nn.ModuleList(_QLayer(width, heads) for _ in range(layers))
+        self.layers = nn.ModuleList(QFormerLayer(width, heads, text=False) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, out_dim)
 
     def query_outputs(
@@ -350,9 +340,11 @@ class QFormerFusion(_Projected):
         kv = torch.cat([t[m][0] for m in self.modalities], 1)
         mask = torch.cat([t[m][1] for m in self.modalities], 1)
         q = self.queries.expand(kv.shape[0], -1, -1)
+        no_text = kv.new_zeros(kv.shape[0], 0, kv.shape[-1])
+        no_pad = torch.zeros(kv.shape[0], 0, dtype=torch.bool, device=kv.device)
         for layer in self.layers:
-            q = layer(q, kv, mask)
-        return q
+            q, _ = layer(q, no_text, no_pad, kv, None, image_pad=~mask)
+        return self.norm(q)  # type: ignore[no-any-return]
 
     def forward(
         self, inputs: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None = None

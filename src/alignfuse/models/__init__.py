@@ -7,6 +7,7 @@ MVAE (a product-of-experts multimodal VAE: inference and generation from any sub
 modalities), a speech-text dual encoder, schema linkers, and frozen towers aligned by CCA
 in closed form."""
 
+from alignfuse.layers import QFormerLayer
 from alignfuse.models.albef import ALBEF, FusionLayer, MergedLayer, build_albef, mask_words
 from alignfuse.models.cca_dual import CCADualEncoder, build_cca_dual
 from alignfuse.models.dual_encoder import DualEncoder, build_dual_encoder
@@ -18,7 +19,7 @@ from alignfuse.models.linkers import (
 )
 from alignfuse.models.mvae import MVAE, train_mvae
 from alignfuse.models.prefix_lm import PrefixLM, build_prefix_lm
-from alignfuse.models.qformer import QFormer, QFormerLayer, build_qformer
+from alignfuse.models.qformer import QFormer, build_qformer
 from alignfuse.models.scan import SCANModel, build_scan
 from alignfuse.models.speech_text import build_speech_text
 

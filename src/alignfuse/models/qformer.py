@@ -42,60 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignfuse.encoders.tokenizer import Tokenizer
+from alignfuse.layers import QFormerLayer
 from alignfuse.models.albef import hard_negative_itm, itm_scale
 from alignfuse.models.prefix_lm import next_word_loss, next_word_targets
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import ENCODERS, MODELS, check_arguments
-
-
-def _ffn(width: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
-    )
-
-
-class QFormerLayer(nn.Module):
-    """One pre-norm Q-Former layer: self-attention over ``[queries; text]`` under a mask,
-    cross-attention from the queries to the image tokens, and a feed-forward block per side.
-    """
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.norm_self, self.norm_cross = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ffn_query, self.ffn_text = _ffn(width), _ffn(width)
-
-    def forward(
-        self,
-        queries: torch.Tensor,
-        text: torch.Tensor,
-        text_pad: torch.Tensor,
-        image: torch.Tensor | None,
-        attn_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``queries (B, Q, W)``, ``text (B, L, W)`` (either may have length 0),
-        ``text_pad (B, L)`` True at padding, ``image (B, R, W)`` (``None``: no queries),
-        ``attn_mask (Q + L, Q + L)`` True where attention is blocked."""
-        nq = queries.shape[1]
-        x = torch.cat([queries, text], 1)
-        pad = F.pad(text_pad, (nq, 0), value=False)
-        h = self.norm_self(x)
-        x = (
-            x
-            + self.self_attn(
-                h, h, h, attn_mask=attn_mask, key_padding_mask=pad, need_weights=False
-            )[0]
-        )
-        queries, text = x[:, :nq], x[:, nq:]
-        if nq:
-            assert image is not None
-            h = self.norm_cross(queries)
-            queries = queries + self.cross_attn(h, image, image, need_weights=False)[0]
-            queries = queries + self.ffn_query(queries)
-        if text.shape[1]:
-            text = text + self.ffn_text(text)
-        return queries, text
 
 
 class QFormer(nn.Module):
