@@ -9,7 +9,8 @@ from alignfuse.data.clips import EVENTS, load_clips, make_clip
 from alignfuse.engine.fit import fit_module
 from alignfuse.errors import DataError, TrainingDivergedError
 from alignfuse.tasks.clip_clause import localize, scores, train_embedder, train_matcher
-from alignfuse.temporal import GraphMatcher, chain_adjacency, dtw_path, sinkhorn_layer, warping_path
+from alignfuse.temporal import GraphMatcher, chain_adjacency, dtw_path, warping_path
+from alignfuse.transport import sinkhorn, sinkhorn_layer
 
 
 def test_clips_are_deterministic_and_consistent(tmp_path):
@@ -56,6 +57,22 @@ def test_clip_events_show_in_the_pixels():
                 }
                 assert d[clause.split()[-1]] > 0.5, clause
     assert set(EVENTS) >= {"grows", "shrinks", "waits", "turns"}
+
+
+def test_sinkhorn_layer_converges_to_the_solver_plan():
+    """The unrolled layer and the solver are the same iterations: at convergence the layer's
+    plan is the solver's for the cost -scores at reg 1 (rows 1 each, columns n / m)."""
+    torch.manual_seed(0)
+    scores = torch.randn(9, 4, dtype=torch.float64)
+    plan = sinkhorn_layer(scores, n_iters=2000).exp()
+    ref = sinkhorn(
+        torch.ones(9, dtype=torch.float64),
+        torch.full((4,), 9 / 4, dtype=torch.float64),
+        -scores,
+        reg=1.0,
+        max_iter=5000,
+    ).plan
+    torch.testing.assert_close(plan, ref, rtol=1e-9, atol=1e-12)
 
 
 def test_sinkhorn_layer_marginals_and_gradients():

@@ -15,7 +15,7 @@ from alignfuse.temporal.dtw import (
     subsequence_dtw,
     warping_path,
 )
-from alignfuse.temporal.matching import GraphMatcher, chain_adjacency, sinkhorn_layer
+from alignfuse.temporal.matching import GraphMatcher, chain_adjacency
 from alignfuse.temporal.soft_dtw import (
     SoftDTWLoss,
     soft_dtw,
@@ -32,7 +32,6 @@ __all__ = [
     "dtw",
     "dtw_path",
     "pairwise_cost",
-    "sinkhorn_layer",
     "soft_dtw",
     "soft_dtw_alignment",
     "soft_dtw_divergence",

@@ -1,8 +1,8 @@
 """Learnable graph matching: message passing over each side's graph, cross-graph attention,
 then a Sinkhorn matching layer (as in deep graph matching and SuperGlue).
 
-:func:`sinkhorn_layer` is the differentiable, unrolled log-domain Sinkhorn normalisation of
-a score matrix; :class:`GraphMatcher` embeds the nodes of two graphs (e.g. the frames of a
+:func:`~alignfuse.transport.sinkhorn_layer` is the differentiable, unrolled log-domain
+Sinkhorn normalisation of a score matrix; :class:`GraphMatcher` embeds the nodes of two graphs (e.g. the frames of a
 clip as a chain and its clauses as a chain), lets messages flow inside each graph and across
 the two, and returns the log of a soft assignment of every left node to the right nodes.
 
@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from alignfuse.transport.sinkhorn import sinkhorn_layer
+
 
 def chain_adjacency(n: int, *, device: torch.device | str | None = None) -> torch.Tensor:
     """Row-normalised adjacency ``(n, n)`` of a chain (each node linked to its neighbours)."""
@@ -32,38 +34,6 @@ def chain_adjacency(n: int, *, device: torch.device | str | None = None) -> torc
     a[idx, idx + 1] = 1.0
     a[idx + 1, idx] = 1.0
     return a / a.sum(1, keepdim=True).clamp_min(1.0)
-
-
-def sinkhorn_layer(
-    scores: torch.Tensor,
-    row_mass: torch.Tensor | None = None,
-    col_mass: torch.Tensor | None = None,
-    n_iters: int = 20,
-) -> torch.Tensor:
-    """Log of the plan ``P = diag(u) exp(scores) diag(v)`` with the given row and column
-    masses (default: rows 1 each, columns ``n / m`` each), by ``n_iters`` unrolled log-domain
-    Sinkhorn iterations; differentiable by autograd."""
-    if scores.ndim != 2 or 0 in scores.shape:
-        raise ValueError(
-            f"scores must be a non-empty (n, m) matrix, got shape {tuple(scores.shape)}"
-        )
-    n, m = scores.shape
-    lr = (
-        torch.zeros(n, dtype=scores.dtype, device=scores.device)
-        if row_mass is None
-        else row_mass.log()
-    )
-    lc = (
-        torch.full((m,), math.log(n / m), dtype=scores.dtype, device=scores.device)
-        if col_mass is None
-        else col_mass.log()
-    )
-    u = torch.zeros_like(lr)
-    v = torch.zeros_like(lc)
-    for _ in range(n_iters):
-        u = lr - torch.logsumexp(scores + v[None, :], dim=1)
-        v = lc - torch.logsumexp(scores + u[:, None], dim=0)
-    return scores + u[:, None] + v[None, :]
 
 
 class _Round(nn.Module):

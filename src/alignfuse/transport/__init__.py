@@ -29,7 +29,12 @@ from alignfuse.transport.ipot import (
     word_region_alignment_loss,
     word_region_distance,
 )
-from alignfuse.transport.sinkhorn import TransportResult, sinkhorn, sinkhorn_divergence
+from alignfuse.transport.sinkhorn import (
+    TransportResult,
+    sinkhorn,
+    sinkhorn_divergence,
+    sinkhorn_layer,
+)
 
 __all__ = [
     "IPOTResult",
@@ -39,6 +44,7 @@ __all__ = [
     "ipot",
     "sinkhorn",
     "sinkhorn_divergence",
+    "sinkhorn_layer",
     "word_region_alignment_loss",
     "word_region_distance",
 ]
