@@ -183,7 +183,9 @@ def test_group_by_database_orders_each_epoch_by_database(spider_root):
     assert grouped == epoch("true", 0)[0]  # seeded
     mixed = [db for b in epoch("false", 0)[0] for db in b]
     assert sorted(mixed) == sorted(flat) and mixed != flat
-    with pytest.raises(ConfigError, match="group_by_database must be true or false, got 'sure'"):
+    with pytest.raises(
+        ConfigError, match="task.args.group_by_database' expects true or false, got 'sure'"
+    ):
         epoch("sure", 0)
 
 
@@ -238,7 +240,7 @@ experiments:
 
 
 def test_bad_settings_are_named(spider_root):
-    with pytest.raises(ConfigError, match="has no argument 'val_fract'"):
+    with pytest.raises(ConfigError, match="unknown config key 'task.args.val_fract'"):
         create_task(_cfg(spider_root, "task.args={val_fract: 0.5}", "model.name=bm25"))
     with pytest.raises(ConfigError, match=r"val_fraction must be in \(0, 1\)"):
         create_task(_cfg(spider_root, "task.args={val_fraction: 1.5}", "model.name=bm25"))

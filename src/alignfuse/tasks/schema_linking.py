@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,10 +56,21 @@ from alignfuse.models.linkers import (
 )
 from alignfuse.models.protocols import CandidateLoss
 from alignfuse.outputs import LossOutput
-from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS, check_arguments
-from alignfuse.tasks.base import TaskDefaults
+from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS
+from alignfuse.tasks.base import TaskDefaults, task_args
 
-ARGS = ("val_fraction", "batch_questions", "ks", "cache_dir", "group_by_database")
+
+@dataclass
+class SchemaLinkingArgs:
+    """``task.args`` of ``schema_linking``."""
+
+    val_fraction: float = 0.1  # share of the training databases held out for validation
+    batch_questions: int | None = None  # questions per step (default: train.batch_size)
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])  # recall / coverage at k
+    cache_dir: str | None = None  # where MiniLM embeddings are cached
+    group_by_database: bool = False  # a step takes the questions of one or two databases
+
+
 KINDS = ("table", "column")
 EVAL_SPLITS = ("val", "dev", "syn", "dk")
 
@@ -212,13 +224,12 @@ class SchemaLinkingTask(TaskDefaults):
     name: ClassVar[str] = "schema_linking"
 
     def __init__(self, cfg: ExperimentConfig, data: dict[str, LinkingData], run_dir: str | Path):
-        check_arguments("task", "schema_linking", cfg.task.args, ARGS)
+        args = task_args(SchemaLinkingArgs, cfg)
         missing = [s for s in ("train", "dev", "syn", "dk") if s not in data]
         if missing:
             raise ConfigError(f"task 'schema_linking' needs the Spider splits {missing}")
         self.cfg = cfg
-        args = cfg.task.args
-        keep, val = split_by_database(data["train"], float(args.get("val_fraction", 0.1)))
+        keep, val = split_by_database(data["train"], args.val_fraction)
         self.train = data["train"].subset(keep)
         self.splits: dict[str, LinkingData] = {
             "val": data["train"].subset(val),
@@ -226,16 +237,12 @@ class SchemaLinkingTask(TaskDefaults):
             "syn": data["syn"],
             "dk": data["dk"],
         }
-        self.ks = tuple(int(k) for k in args.get("ks", (1, 3, 5, 10)))
-        self.batch_questions = int(args.get("batch_questions", cfg.train.batch_size))
+        self.ks = tuple(args.ks)
+        self.batch_questions = args.batch_questions or cfg.train.batch_size
         if self.batch_questions < 1:
             raise ConfigError(f"task.args.batch_questions must be >= 1, got {self.batch_questions}")
-        self.cache_dir = args.get("cache_dir")
-        self.group_by_database = args.get("group_by_database", False)
-        if not isinstance(self.group_by_database, bool):
-            raise ConfigError(
-                f"task.args.group_by_database must be true or false, got {self.group_by_database!r}"
-            )
+        self.cache_dir = args.cache_dir
+        self.group_by_database = args.group_by_database
         self.device = torch.device("cpu")
         self.embeddings: _Embeddings | None = None
         self._order: tuple[int, np.ndarray] | None = None
