@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,30 +56,42 @@ def markdown_table(
 def metrics_table(rows: list[dict[str, Any]], skip: Sequence[str] = ()) -> str:
     """A table of every metric of the finished rows (the union over rows, in order of first
     appearance; 4 significant digits), with the training time; a skipped row says why."""
-    ok = [r for r in rows if r.get("status") == "ok"]
     keys: list[str] = []
-    for r in ok:
-        keys += [k for k in r["metrics"] if k not in keys and k not in skip]
-    head = ["experiment", *keys, "train s"]
-    body = []
     for r in rows:
-        if r.get("status") != "ok":
-            body.append([r["name"], f"skipped: {r.get('reason', '')}", *[""] * (len(head) - 2)])
-            continue
-        m = r["metrics"]
-        body.append(
-            [
-                r["name"],
-                *(f"{m[k]:.4g}" if k in m else "-" for k in keys),
-                f"{r.get('train_seconds', 0.0):.2f}",
-            ]
-        )
-    return markdown_table(head, body)
+        if r.get("status") == "ok":
+            keys += [k for k in r["metrics"] if k not in keys and k not in skip]
+    return rows_table(
+        rows,
+        ["experiment", *keys, "train s"],
+        lambda r: [
+            r["name"],
+            *(f"{r['metrics'][k]:.4g}" if k in r["metrics"] else "-" for k in keys),
+            f"{r.get('train_seconds', 0.0):.2f}",
+        ],
+    )
 
 
 def skipped_cells(row: dict[str, Any], width: int) -> list[str]:
     """A leaderboard row for a skipped experiment: its name and why, ``width`` cells."""
     return [row["name"], f"skipped: {row.get('reason', '')}", *[""] * (width - 2)]
+
+
+def rows_table(
+    rows: list[dict[str, Any]],
+    head: Sequence[str],
+    cells: Callable[[dict[str, Any]], Sequence[Any]],
+    *,
+    order: Callable[[dict[str, Any]], Any] | None = None,
+    title: str | None = None,
+) -> str:
+    """A leaderboard: ``cells(row)`` for every finished row (sorted by ``order`` if given),
+    then a line naming each skipped experiment and why."""
+    done = [r for r in rows if r.get("status") == "ok"]
+    if order is not None:
+        done.sort(key=order)
+    body = [list(cells(r)) for r in done]
+    body += [skipped_cells(r, len(head)) for r in rows if r.get("status") != "ok"]
+    return markdown_table(head, body, title)
 
 
 def leaderboards(groups: Sequence[tuple[Any, list[dict[str, Any]]]]) -> str:

@@ -209,3 +209,26 @@ def task_args(cls: type[A], cfg: ExperimentConfig) -> A:
     from alignfuse.config import from_dict
 
     return from_dict(cls, cfg.task.args, prefix="task.args")
+
+
+class PermutedRows:
+    """Batches for a task whose epoch visits ``self.n`` training rows in a permutation drawn
+    from the epoch (``engine.fit.permuted_batches``: a pure function of the epoch, so a
+    resumed run replays the same batches); a batch is ``{"rows": indices}``."""
+
+    n: int
+    cfg: ExperimentConfig
+    _epoch: tuple[int, list[torch.Tensor]] | None = None
+
+    def _rows(self, epoch: int) -> list[torch.Tensor]:
+        from alignfuse.engine.fit import permuted_batches
+
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, permuted_batches(self.n, self.cfg.train.batch_size, epoch))
+        return self._epoch[1]
+
+    def steps_per_epoch(self) -> int:
+        return len(self._rows(0))
+
+    def batch(self, epoch: int, index: int, rank: int, world: int) -> dict[str, Any]:
+        return {"rows": self._rows(epoch)[index]}

@@ -267,10 +267,9 @@ def scores(clips: list[Clip], predictions: list[np.ndarray]) -> dict[str, float]
 
 
 @dataclass
-class EmbedderArgs:
-    """Training of the frame and clause encoders (:func:`train_embedder`)."""
+class _StageArgs:
+    """Training of one stage with the one loop: epochs, clips per step, rate, seed."""
 
-    dim: int = 64
     epochs: int = 12
     clips_per_step: int = 16
     lr: float = 2e-3
@@ -278,14 +277,18 @@ class EmbedderArgs:
 
 
 @dataclass
-class MatcherArgs:
+class EmbedderArgs(_StageArgs):
+    """Training of the frame and clause encoders (:func:`train_embedder`)."""
+
+    dim: int = 64
+
+
+@dataclass
+class MatcherArgs(_StageArgs):
     """Training of the graph matcher on the frozen embeddings (:func:`train_matcher`)."""
 
-    hidden: int = 64
     epochs: int = 10
-    clips_per_step: int = 16
-    lr: float = 2e-3
-    seed: int = 0
+    hidden: int = 64
 
 
 @dataclass
@@ -410,24 +413,19 @@ class ClipClauseTask(TaskDefaults):
 
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import markdown_table, skipped_cells
+        from alignfuse.bench.report import rows_table
 
-        head = ["method", "frame accuracy", "span IoU", "train s", "localise s"]
-        body = []
-        for r in rows:
-            if r.get("status") != "ok":
-                body.append(skipped_cells(r, len(head)))
-                continue
-            body.append(
-                [
-                    r["name"],
-                    f"{r['metrics']['frame_acc']:.3f}",
-                    f"{r['metrics']['span_iou']:.3f}",
-                    f"{r['train_seconds']:.1f}",
-                    f"{r['eval_seconds']:.2f}",
-                ]
-            )
-        return markdown_table(head, body)
+        return rows_table(
+            rows,
+            ["method", "frame accuracy", "span IoU", "train s", "localise s"],
+            lambda r: [
+                r["name"],
+                f"{r['metrics']['frame_acc']:.3f}",
+                f"{r['metrics']['span_iou']:.3f}",
+                f"{r['train_seconds']:.1f}",
+                f"{r['eval_seconds']:.2f}",
+            ],
+        )
 
     @staticmethod
     def report(

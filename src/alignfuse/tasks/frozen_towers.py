@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,10 @@ class FrozenTowers:
 
 
 _LOADED: dict[str, FrozenTowers] = {}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +93,15 @@ def frozen_towers(cfg: ExperimentConfig, pretrain: dict[str, Any]) -> FrozenTowe
             f"{type(data).__name__}"
         )
     run_dir = default_cache_dir() / "pretrained" / key
-    row, fit, _, _ = run_experiment(pre, data, run_dir, progress=False, log=lambda m: None)
+    done = (run_dir / "metrics.json").is_file()
+    _log(
+        f"frozen towers: {'reusing' if done else 'training'} {pre.name} (config {key}) in {run_dir}"
+    )
+    row, fit, _, _ = run_experiment(pre, data, run_dir, progress=None, log=_log)
+    _log(
+        f"frozen towers: test t2i R@1 {row['metrics']['test/t2i_r1']:.3f} "
+        f"({row['train_seconds']:.0f} s of training)"
+    )
     assert fit is not None  # the image_text task is trained by the loop
     model = fit.model.eval()
     for p in model.parameters():

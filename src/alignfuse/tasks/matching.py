@@ -25,11 +25,10 @@ from torch import nn
 
 from alignfuse.config import ExperimentConfig
 from alignfuse.encoders.tokenizer import Tokenizer
-from alignfuse.engine.fit import permuted_batches
 from alignfuse.errors import ConfigError
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import FUSION, TASKS
-from alignfuse.tasks.base import TaskDefaults, task_args
+from alignfuse.tasks.base import PermutedRows, TaskDefaults, task_args
 from alignfuse.tasks.frozen_towers import FrozenTowers, data_key, frozen_towers
 from alignfuse.tasks.vqa import encode_words, question_encoder
 
@@ -115,7 +114,7 @@ _LOADED: dict[str, MatchingData] = {}
 
 
 @TASKS.register("matching")
-class MatchingTask(TaskDefaults):
+class MatchingTask(PermutedRows, TaskDefaults):
     """A fusion trained as an image-text matcher, scored on exact minimal edits."""
 
     name: ClassVar[str] = "matching"
@@ -134,7 +133,6 @@ class MatchingTask(TaskDefaults):
                 f"task 'matching' needs its own data (load_data); got {type(data).__name__}"
             )
         self.n = data.train["images"].shape[0]
-        self._epoch: tuple[int, list[torch.Tensor]] | None = None
 
     @staticmethod
     def load_data(cfg: ExperimentConfig) -> MatchingData:
@@ -164,17 +162,6 @@ class MatchingTask(TaskDefaults):
             self.cfg.model.args,
         )
         return model, nn.Identity()
-
-    def steps_per_epoch(self) -> int:
-        return len(self._batches(0))
-
-    def _batches(self, epoch: int) -> list[torch.Tensor]:
-        if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, permuted_batches(self.n, self.cfg.train.batch_size, epoch))
-        return self._epoch[1]
-
-    def batch(self, epoch: int, index: int, rank: int, world: int) -> dict[str, Any]:
-        return {"rows": self._batches(epoch)[index]}
 
     def step(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> LossOutput:
         train, idx = self.data.train, batch["rows"]
@@ -212,21 +199,16 @@ class MatchingTask(TaskDefaults):
 
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import markdown_table, skipped_cells
+        from alignfuse.bench.report import rows_table
 
-        head = ["fusion", "match acc", "true > hard negative", "true > random caption", "train s"]
         keys = ("match_acc", "hard_negative_acc", "random_negative_acc")
-        done = sorted(
-            (r for r in rows if r.get("status") == "ok"),
-            key=lambda r: -r["metrics"]["hard_negative_acc"],
-        )
-        body = [
-            [
+        return rows_table(
+            rows,
+            ["fusion", "match acc", "true > hard negative", "true > random caption", "train s"],
+            lambda r: [
                 r["config"]["model"]["name"],
                 *(f"{r['metrics'][k]:.3f}" for k in keys),
                 f"{r['train_seconds']:.0f}",
-            ]
-            for r in done
-        ]
-        body += [skipped_cells(r, len(head)) for r in rows if r.get("status") != "ok"]
-        return markdown_table(head, body)
+            ],
+            order=lambda r: -r["metrics"]["hard_negative_acc"],
+        )

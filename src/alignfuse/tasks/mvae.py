@@ -256,7 +256,7 @@ class MvaeTask(TaskDefaults):
 
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import markdown_table, skipped_cells
+        from alignfuse.bench.report import rows_table
 
         cols = [
             ("rot → label", "label_from_rotated", "{:.3f}"),
@@ -269,32 +269,21 @@ class MvaeTask(TaskDefaults):
             ("NLL rot → label", "nll_label_from_rotated", "{:.3f}"),
             ("NLL joint", "nll_joint", "{:.1f}"),
         ]
-        head = ["model", *(c[0] for c in cols), "train s"]
-        body = []
-        for r in rows:
-            if r.get("status") != "ok":
-                body.append(skipped_cells(r, len(head)))
-                continue
-            m = r["metrics"]
-            body.append(
-                [
-                    r["name"],
-                    *(fmt.format(m[key]) for _, key, fmt in cols),
-                    f"{r['train_seconds']:.1f}",
-                ]
-            )
+        table = rows_table(
+            rows,
+            ["model", *(c[0] for c in cols), "train s"],
+            lambda r: [
+                r["name"],
+                *(f.format(r["metrics"][k]) for _, k, f in cols),
+                f"{r['train_seconds']:.1f}",
+            ],
+        )
         done = [r for r in rows if r.get("status") == "ok"]
-        if done:
-            ref = done[0]["metrics"]
-            body.append(
-                ["pixel probe"]
-                + [
-                    f"{ref[f'reference/{key}']:.3f}" if f"reference/{key}" in ref else "-"
-                    for _, key, _ in cols
-                ]
-                + ["-"]
-            )
-        return markdown_table(head, body)
+        if not done:
+            return table
+        ref = {k[len("reference/") :]: v for k, v in done[0]["metrics"].items() if "/" in k}
+        probe = [f"{ref[k]:.3f}" if k in ref else "-" for _, k, _ in cols]
+        return table + "| " + " | ".join(["pixel probe", *probe, "-"]) + " |\n"
 
     @staticmethod
     def report(

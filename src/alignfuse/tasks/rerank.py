@@ -327,30 +327,26 @@ class RerankTask(TaskDefaults):
 
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import markdown_table, skipped_cells
+        from alignfuse.bench.report import rows_table
 
         head = ["scorer", "t2i R@1", "t2i R@5", "t2i R@10", "hard-negative acc", "wino text"]
         head += ["wino image", "wino group", "train s", "ms / query"]
         keys = ("t2i_r1", "t2i_r5", "t2i_r10", "hard_negative_acc", "wino_text", "wino_image")
-        body = []
-        for r in rows:
-            if r.get("status") != "ok":
-                body.append(skipped_cells(r, len(head)))
-                continue
-            cells = [r["metrics"].get(k) for k in (*keys, "wino_group")]
+
+        def cells(r: dict[str, Any]) -> list[str]:
             model, args = r["config"]["model"]["name"], r["config"]["task"]["args"]
             label = "dual encoder (global)"
             if model != FIRST_STAGE:
                 label = f"+ {model} re-rank (top {args.get('k', RerankArgs.k)})"
-            body.append(
-                [
-                    label,
-                    *("-" if c is None else f"{c:.3f}" for c in cells),
-                    f"{r['train_seconds']:.0f}",
-                    f"{r['metrics']['ms_per_query']:.3f}",
-                ]
-            )
-        return markdown_table(head, body)
+            values = [r["metrics"].get(k) for k in (*keys, "wino_group")]
+            return [
+                label,
+                *("-" if v is None else f"{v:.3f}" for v in values),
+                f"{r['train_seconds']:.0f}",
+                f"{r['metrics']['ms_per_query']:.3f}",
+            ]
+
+        return rows_table(rows, head, cells)
 
     @staticmethod
     def report(

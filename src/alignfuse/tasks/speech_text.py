@@ -234,38 +234,24 @@ class SpeechTextTask(TaskDefaults):
 
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import markdown_table, skipped_cells
+        from alignfuse.bench.report import rows_table
 
-        cols = [
-            ("s2t R@1", "s2t_r1"),
-            ("s2t R@5", "s2t_r5"),
-            ("s2t R@10", "s2t_r10"),
-            ("t2s R@1", "t2s_r1"),
-            ("t2s R@5", "t2s_r5"),
-            ("t2s R@10", "t2s_r10"),
-        ]
-        head = [
-            "model",
-            *(c[0] for c in cols),
-            "rsum",
-            "s2t mAP",
-            "modality gap",
-            "train s",
-            "params",
-        ]
-        body = []
-        for r in rows:
-            if r.get("status") != "ok":
-                body.append(skipped_cells(r, len(head)))
-                continue
-            m = r["metrics"]
-            body.append(
-                [r["name"]]
-                + [f"{100 * m[k]:.1f}" for _, k in cols]
-                + [f"{m['rsum']:.1f}", f"{m['s2t_map']:.3f}", f"{m['modality_gap']:.3f}"]
-                + [f"{r['train_seconds']:.0f}", f"{r['trainable_params'] / 1e6:.2f}M"]
-            )
-        return markdown_table(head, body)
+        keys = ("s2t_r1", "s2t_r5", "s2t_r10", "t2s_r1", "t2s_r5", "t2s_r10")
+        head = ["model", *(f"{k[:3]} R@{k[5:]}" for k in keys), "rsum", "s2t mAP"]
+        head += ["modality gap", "train s", "params"]
+        return rows_table(
+            rows,
+            head,
+            lambda r: [
+                r["name"],
+                *(f"{100 * r['metrics'][k]:.1f}" for k in keys),
+                f"{r['metrics']['rsum']:.1f}",
+                f"{r['metrics']['s2t_map']:.3f}",
+                f"{r['metrics']['modality_gap']:.3f}",
+                f"{r['train_seconds']:.0f}",
+                f"{r['trainable_params'] / 1e6:.2f}M",
+            ],
+        )
 
     @staticmethod
     def report(

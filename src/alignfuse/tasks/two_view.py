@@ -92,7 +92,7 @@ class TwoViewTask(TaskDefaults):
 
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import markdown_table, skipped_cells
+        from alignfuse.bench.report import rows_table
 
         cols = [
             ("corr sum", "corr_sum"),
@@ -102,21 +102,15 @@ class TwoViewTask(TaskDefaults):
             ("x2y R@5", "x2y_r5"),
             ("x2y R@10", "x2y_r10"),
         ]
-        head = ["method", *(c[0] for c in cols), "fit s"]
-        body = []
-        for r in rows:
-            if r.get("status") != "ok":
-                body.append(skipped_cells(r, len(head)))
-                continue
-            m = r["metrics"]
-            body.append(
-                [
-                    r["name"],
-                    *(f"{m[key]:.3f}" if key in m else "-" for _, key in cols),
-                    f"{r['train_seconds']:.2f}",
-                ]
-            )
-        return markdown_table(head, body)
+        return rows_table(
+            rows,
+            ["method", *(c[0] for c in cols), "fit s"],
+            lambda r: [
+                r["name"],
+                *(f"{r['metrics'][k]:.3f}" if k in r["metrics"] else "-" for _, k in cols),
+                f"{r['train_seconds']:.2f}",
+            ],
+        )
 
     @staticmethod
     def report(

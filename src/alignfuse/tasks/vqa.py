@@ -30,11 +30,10 @@ from torch import nn
 from alignfuse.config import ExperimentConfig
 from alignfuse.encoders.text import BiGRUTextEncoder
 from alignfuse.encoders.tokenizer import Tokenizer
-from alignfuse.engine.fit import permuted_batches
 from alignfuse.errors import ConfigError
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import FUSION, TASKS
-from alignfuse.tasks.base import TaskDefaults, task_args
+from alignfuse.tasks.base import PermutedRows, TaskDefaults, task_args
 from alignfuse.tasks.frozen_towers import FrozenTowers, data_key, frozen_towers
 
 KINDS = ("color", "count", "exists")
@@ -147,7 +146,7 @@ _LOADED: dict[str, VqaData] = {}
 
 
 @TASKS.register("vqa")
-class VqaTask(TaskDefaults):
+class VqaTask(PermutedRows, TaskDefaults):
     """A fusion answering shapes questions from frozen image tokens."""
 
     name: ClassVar[str] = "vqa"
@@ -164,7 +163,6 @@ class VqaTask(TaskDefaults):
                 f"task 'vqa' needs its own data (load_data); got {type(data).__name__}"
             )
         self.n = len(data.train["labels"])
-        self._epoch: tuple[int, list[torch.Tensor]] | None = None
 
     @staticmethod
     def load_data(cfg: ExperimentConfig) -> VqaData:
@@ -198,17 +196,6 @@ class VqaTask(TaskDefaults):
             self.cfg.model.args,
         )
         return model, nn.CrossEntropyLoss()
-
-    def steps_per_epoch(self) -> int:
-        return len(self._batches(0))
-
-    def _batches(self, epoch: int) -> list[torch.Tensor]:
-        if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, permuted_batches(self.n, self.cfg.train.batch_size, epoch))
-        return self._epoch[1]
-
-    def batch(self, epoch: int, index: int, rank: int, world: int) -> dict[str, Any]:
-        return {"rows": self._batches(epoch)[index]}
 
     def step(self, model: nn.Module, loss_fn: nn.Module, batch: dict[str, Any]) -> LossOutput:
         t, idx = self.data.train, batch["rows"]
@@ -270,27 +257,25 @@ class VqaTask(TaskDefaults):
 
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
-        from alignfuse.bench.report import markdown_table, skipped_cells
+        from alignfuse.bench.report import rows_table
 
         head = ["fusion", "acc", "color", "count", "exists", "no image", "noisy image"]
         head += ["no question", "fusion params", "train s", "ms / question"]
         keys = ("acc", "acc_color", "acc_count", "acc_exists", "acc_no_image", "acc_noisy_image")
-        done = sorted(
-            (r for r in rows if r.get("status") == "ok"), key=lambda r: -r["metrics"]["acc"]
-        )
-        body = [
-            [
+        done = [r for r in rows if r.get("status") == "ok"]
+        return rows_table(
+            rows,
+            head,
+            lambda r: [
                 r["config"]["model"]["name"],
                 *(f"{r['metrics'][k]:.3f}" for k in (*keys, "acc_no_question")),
                 f"{int(r['metrics']['fusion_params']):,}",
                 f"{r['train_seconds']:.0f}",
                 f"{r['metrics']['latency_ms']:.2f}",
-            ]
-            for r in done
-        ]
-        body += [skipped_cells(r, len(head)) for r in rows if r.get("status") != "ok"]
-        title = f"Majority answer: {done[0]['metrics']['majority']:.3f}." if done else None
-        return markdown_table(head, body, title)
+            ],
+            order=lambda r: -r["metrics"]["acc"],
+            title=f"Majority answer: {done[0]['metrics']['majority']:.3f}." if done else None,
+        )
 
     @staticmethod
     def report(
