@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +137,31 @@ def write_suite_report(
     path = out / "report.md"
     write_text_atomic(path, "\n".join(parts))
     return path
+
+
+def grouped_bars(
+    path: Path,
+    names: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    ylabel: str,
+    title: str,
+    size: tuple[float, float] = (8, 3.5),
+    rotation: int = 20,
+) -> None:
+    """A grouped bar chart (one group per name, one bar per series) saved as a PNG."""
+    import numpy as np
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=size)
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, list(values), width, label=label)
+    ax.set_xticks(x, list(names), rotation=rotation, fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

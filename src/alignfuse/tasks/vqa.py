@@ -313,32 +313,27 @@ class VqaTask(PermutedRows, TaskDefaults):
 
 
 def _plot_vqa(rows: list[dict[str, Any]], path: Path) -> None:
-    from alignfuse.bench.report import pyplot
+    from alignfuse.bench.report import grouped_bars
 
-    plt = pyplot()
     rows = sorted(rows, key=lambda r: -r["metrics"]["acc"])
-    names = [r["config"]["model"]["name"] for r in rows]
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(11, 4))
-    for i, (key, label) in enumerate(
-        (
+    series = {
+        label: [r["metrics"][key] for r in rows]
+        for key, label in (
             ("acc", "clean"),
             ("acc_noisy_image", "noisy image"),
             ("acc_no_image", "no image"),
             ("acc_no_question", "no question"),
         )
-    ):
-        ax.bar(x + (i - 1.5) * 0.2, [r["metrics"][key] for r in rows], 0.2, label=label)
-    ax.set_xticks(x, names, rotation=30, fontsize=8)
-    ax.set(
+    }
+    grouped_bars(
+        path,
+        [r["config"]["model"]["name"] for r in rows],
+        series,
         ylabel="VQA accuracy (test)",
         title="fusions on shapes VQA: clean and with a modality degraded",
+        size=(11, 4),
+        rotation=30,
     )
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def overlay(ax: Any, image: np.ndarray, weights: np.ndarray, title: str) -> None:

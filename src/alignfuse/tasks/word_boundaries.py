@@ -312,19 +312,12 @@ def _plot_boundaries(dst: Utterance, example: dict[str, Any], sentence: str, pat
 
 
 def _plot_errors(rows: list[dict[str, Any]], path: Path) -> None:
-    from alignfuse.bench.report import pyplot
+    from alignfuse.bench.report import grouped_bars
 
-    plt = pyplot()
-    names = [r["name"] for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    width = 0.8 / len(PAIRINGS)
-    for t, pairing in enumerate(PAIRINGS):
-        vals = [r["metrics"][f"{pairing}/mae_ms"] for r in rows]
-        ax.bar(np.arange(len(names)) + t * width, vals, width, label=pairing)
-    ax.set_xticks(np.arange(len(names)) + width / 2, names, rotation=20, fontsize=8)
-    ax.set(ylabel="mean |boundary error| (ms)", title="word-boundary error by method")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    grouped_bars(
+        path,
+        [r["name"] for r in rows],
+        {p: [r["metrics"][f"{p}/mae_ms"] for r in rows] for p in PAIRINGS},
+        ylabel="mean |boundary error| (ms)",
+        title="word-boundary error by method",
+    )
