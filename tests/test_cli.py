@@ -96,31 +96,17 @@ def test_python_m_entry_point():
     assert res.returncode == 0 and "triplet" in res.stdout
 
 
-def test_kind_suites_take_dotted_overrides_of_their_own_keys(tmp_path, capsys):
+@pytest.mark.parametrize("suite", ["fusion", "mvae", "temporal", "correlation"])
+def test_every_suite_checks_its_dotted_overrides_before_running(tmp_path, capsys, suite):
     from alignfuse.cli import main
 
-    out = tmp_path / "corr"
-    code = main(
-        [
-            "bench",
-            "--suite",
-            "correlation",
-            "--out",
-            str(out),
-            "components=2",
-            "methods=[{name: cca, method: cca}]",
-        ]
-    )
-    assert code == 0
-    saved = (out / "suite.yaml").read_text()  # the resolved suite, next to the results
-    assert "components: 2" in saved
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["name"] for r in rows] == ["cca"]
-    assert main(["bench", "--suite", "fusion", "--out", str(tmp_path / "f"), "vqa.epochz=1"]) == 2
+    out = tmp_path / "o"
+    assert main(["bench", "--suite", suite, "--out", str(out), "train.epochz=1"]) == 2
     err = capsys.readouterr().err
-    assert "unknown key 'vqa.epochz' in suite 'fusion'; did you mean 'vqa.epochs'?" in err
-    assert main(["bench", "--suite", "fusion", "--out", str(tmp_path / "f"), "vqa.epochs=["]) == 2
+    assert "unknown config key 'train.epochz'; did you mean 'train.epochs'?" in err
+    assert main(["bench", "--suite", suite, "--out", str(out), "train.epochs=["]) == 2
     assert "the value is not valid YAML" in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()
 
 
 def test_overwrite_replaces_a_previous_run_and_nothing_else(tmp_path, tiny_overrides, capsys):
