@@ -106,6 +106,9 @@ def test_every_suite_checks_its_dotted_overrides_before_running(tmp_path, capsys
     assert "unknown config key 'train.epochz'; did you mean 'train.epochs'?" in err
     assert main(["bench", "--suite", suite, "--out", str(out), "train.epochs=["]) == 2
     assert "the value is not valid YAML" in capsys.readouterr().err
+    # task arguments are checked before any data is loaded (the fusion suite's frozen towers)
+    assert main(["bench", "--suite", suite, "--out", str(out), "task.args.nope=1"]) == 2
+    assert "unknown config key 'task.args.nope'" in capsys.readouterr().err
     assert not (out / "results.jsonl").exists()
 
 

@@ -26,7 +26,7 @@ from alignfuse.config import ExperimentConfig, config_hash, to_dict
 from alignfuse.encoders.pretrained import FrozenSentenceEncoder, minilm_available
 from alignfuse.engine.fit import Fit
 from alignfuse.tasks import task_type
-from alignfuse.tasks.base import EstimatorTask, Task
+from alignfuse.tasks.base import EstimatorTask, Task, check_task_args
 
 
 def _extra_available(name: str) -> bool:
@@ -122,6 +122,8 @@ def run_suite(
     the suite first names them."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     kinds = {exp.config.task.name: task_type(exp.config) for exp in suite.experiments}
+    for exp in suite.experiments:  # every experiment's task arguments, before any data
+        check_task_args(kinds[exp.config.task.name], exp.config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     datasets: dict[str, Any] = {}

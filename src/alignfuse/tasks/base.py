@@ -131,6 +131,7 @@ class TaskType(Protocol):
 
     name: ClassVar[str]
     leaderboard_caption: ClassVar[str]
+    arguments: ClassVar[type[Any] | None]  # the dataclass of task.args (None: takes none)
 
     def __call__(self, cfg: ExperimentConfig, data: Any, run_dir: Path) -> Task | EstimatorTask:
         """Build the task of one experiment."""
@@ -188,6 +189,7 @@ class TaskDefaults:
         return ", ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:3])
 
     leaderboard_caption: ClassVar[str] = "test split"
+    arguments: ClassVar[type[Any] | None] = None
 
     @staticmethod
     def leaderboard(rows: list[dict[str, Any]]) -> str:
@@ -201,6 +203,17 @@ class TaskDefaults:
         rows: list[dict[str, Any]], out: Path, data: Any, artefacts: dict[str, Any]
     ) -> list[str]:
         return []
+
+
+def check_task_args(kind: Any, cfg: ExperimentConfig) -> None:
+    """Check ``cfg.task.args`` against the task class's ``arguments`` dataclass (a task that
+    takes none must be given none), before any data is loaded."""
+    from alignfuse.errors import ConfigError
+
+    if kind.arguments is not None:
+        task_args(kind.arguments, cfg)
+    elif cfg.task.args:
+        raise ConfigError(f"task {kind.name!r} takes no task.args, got {sorted(cfg.task.args)}")
 
 
 def task_args(cls: type[A], cfg: ExperimentConfig) -> A:

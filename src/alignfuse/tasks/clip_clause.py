@@ -344,6 +344,7 @@ class ClipClauseTask(TaskDefaults):
     it; the row's training time is what that experiment waited for."""
 
     name: ClassVar[str] = "clip_clause"
+    arguments: ClassVar[type[Any] | None] = ClipClauseArgs
     leaderboard_caption: ClassVar[str] = "test clips"
 
     def __init__(self, cfg: ExperimentConfig, data: ClipClauseData, run_dir: str | Path) -> None:

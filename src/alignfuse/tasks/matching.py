@@ -118,6 +118,7 @@ class MatchingTask(PermutedRows, TaskDefaults):
     """A fusion trained as an image-text matcher, scored on exact minimal edits."""
 
     name: ClassVar[str] = "matching"
+    arguments: ClassVar[type[Any] | None] = MatchingArgs
     leaderboard_caption: ClassVar[str] = (
         "test: each image with its caption, its minimal edit, another image's caption"
     )

@@ -131,6 +131,7 @@ class MvaeTask(TaskDefaults):
     """A multimodal VAE over a rotated digit, a noisy digit and the label."""
 
     name: ClassVar[str] = "mvae"
+    arguments: ClassVar[type[Any] | None] = MvaeArgs
     leaderboard_caption: ClassVar[str] = "test split"
 
     def __init__(self, cfg: ExperimentConfig, data: MvaeData, run_dir: str | Path) -> None:

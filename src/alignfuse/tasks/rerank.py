@@ -234,6 +234,7 @@ class RerankTask(TaskDefaults):
     """A frozen dual encoder's candidates re-ranked by an interaction scorer."""
 
     name: ClassVar[str] = "rerank"
+    arguments: ClassVar[type[Any] | None] = RerankArgs
     leaderboard_caption: ClassVar[str] = "test, text to image; compositional scores"
 
     def __init__(self, cfg: ExperimentConfig, data: RerankData, run_dir: str | Path) -> None:

@@ -222,6 +222,7 @@ class SchemaLinkingTask(TaskDefaults):
     """Question-to-schema linking: Spider train, dev, Spider-Syn and Spider-DK."""
 
     name: ClassVar[str] = "schema_linking"
+    arguments: ClassVar[type[Any] | None] = SchemaLinkingArgs
 
     def __init__(self, cfg: ExperimentConfig, data: dict[str, LinkingData], run_dir: str | Path):
         args = task_args(SchemaLinkingArgs, cfg)

@@ -122,6 +122,7 @@ class SpeechTextTask(TaskDefaults):
     """Speech-text retrieval: unseen sentences, an optional unseen voice (espeak-ng data)."""
 
     name: ClassVar[str] = "speech_text"
+    arguments: ClassVar[type[Any] | None] = SpeechTextArgs
 
     def __init__(self, cfg: ExperimentConfig, data: SpokenData, run_dir: str | Path) -> None:
         args = task_args(SpeechTextArgs, cfg)

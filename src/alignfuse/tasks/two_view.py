@@ -45,6 +45,7 @@ class TwoViewTask(TaskDefaults):
     """A correlation estimator fit on two views, scored by the multi-view protocol."""
 
     name: ClassVar[str] = "two_view"
+    arguments: ClassVar[type[Any] | None] = TwoViewArgs
     leaderboard_caption: ClassVar[str] = "test split"
 
     def __init__(self, cfg: ExperimentConfig, data: TwoViewData, run_dir: str | Path) -> None:

@@ -150,6 +150,7 @@ class VqaTask(PermutedRows, TaskDefaults):
     """A fusion answering shapes questions from frozen image tokens."""
 
     name: ClassVar[str] = "vqa"
+    arguments: ClassVar[type[Any] | None] = VqaArgs
     leaderboard_caption: ClassVar[str] = "test questions"
 
     def __init__(self, cfg: ExperimentConfig, data: VqaData, run_dir: str | Path) -> None:

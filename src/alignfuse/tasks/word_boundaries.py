@@ -130,6 +130,7 @@ class WordBoundariesTask(TaskDefaults):
     """Word boundaries carried between utterances of a sentence by a warping method."""
 
     name: ClassVar[str] = "word_boundaries"
+    arguments: ClassVar[type[Any] | None] = WordBoundariesArgs
     leaderboard_caption: ClassVar[str] = "word-boundary error in ms"
 
     def __init__(self, cfg: ExperimentConfig, data: SpokenData, run_dir: str | Path) -> None:
