@@ -151,7 +151,7 @@ def test_evaluator_reports_classification_on_labelled_data(tmp_path) -> None:
 
 
 def test_report_tables_show_what_was_measured(tmp_path) -> None:
-    from alignfuse.bench.report import (
+    from alignfuse.tasks.image_text_report import (
         _plot_per_class,
         classification_markdown,
         leaderboard_markdown,
