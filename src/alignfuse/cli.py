@@ -53,8 +53,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{fam}:")
         if not len(reg):
             print("  (none yet)")
+        width = max([14, *(len(e.name) for e in reg.entries())])
         for e in reg.entries():
-            print(f"  {e.name:<14} {e.summary}")
+            print(f"  {e.name:<{width}} {e.summary}")
     if args.family is None:
         correlation()
         print(f"suites:\n  {', '.join(builtin_suites())}")

@@ -337,9 +337,10 @@ class ClipClauseData:
 
 @TASKS.register("clip_clause")
 class ClipClauseTask(TaskDefaults):
-    """Every frame of a clip assigned one of its ordered clauses by a localisation method
-    (``model.name``: one of :data:`METHODS`; ``model.args``: ``ot_reg`` and
-    ``position_weight`` for ``ot``). The embedder (and, for ``graph`` / ``graph_dtw``, the
+    """Every frame of a clip assigned one of its ordered clauses by a localisation method.
+
+    ``model.name`` is one of :data:`METHODS`; ``model.args``: ``ot_reg`` and
+    ``position_weight`` for ``ot``. The embedder (and, for ``graph`` / ``graph_dtw``, the
     matcher) is trained through the one loop the first time an experiment of the suite needs
     it; the row's training time is what that experiment waited for."""
 
