@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -221,6 +222,25 @@ def _all_keys(cls: type[Any], prefix: str = "") -> list[str]:
         if _is_dataclass_type(hints[f.name]):
             keys.extend(_all_keys(hints[f.name], path))
     return keys
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``over``, nested mappings merged key by key (copies, never the
+    inputs).
+
+    Example:
+        >>> deep_merge({"train": {"epochs": 3, "lr": 0.1}}, {"train": {"epochs": 4}})
+        {'train': {'epochs': 4, 'lr': 0.1}}
+    """
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        old = out.get(k)
+        out[k] = (
+            deep_merge(old, v)
+            if isinstance(v, dict) and isinstance(old, dict)
+            else copy.deepcopy(v)
+        )
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -149,7 +149,8 @@ def run_suite(
                 }
             )
             continue
-        key = json.dumps([cfg.task.name, to_dict(cfg.data)], sort_keys=True)
+        # what load_data may read: the task (its name and arguments) and the data section
+        key = json.dumps([cfg.task.name, cfg.task.args, to_dict(cfg.data)], sort_keys=True)
         if key not in datasets:
             log(f"{header}: preparing dataset {cfg.data.name} ...")
             t0 = time.perf_counter()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from alignfuse.config import ExperimentConfig, apply_overrides, from_dict, safe_yaml
+from alignfuse.config import ExperimentConfig, apply_overrides, deep_merge, from_dict, safe_yaml
 from alignfuse.errors import ConfigError
 from alignfuse.registry import suggest
 
@@ -37,16 +36,6 @@ def builtin_suites() -> list[str]:
     """Names of the suites shipped with the package."""
     folder = resources.files("alignfuse.bench") / "suites"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
@@ -79,7 +68,7 @@ def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
         exp = dict(exp)
         requires = exp.pop("requires", [])
         requires = [requires] if isinstance(requires, str) else list(requires)
-        merged = apply_overrides(_merge(base, exp), overrides or [])
+        merged = apply_overrides(deep_merge(base, exp), overrides or [])
         experiments.append(SuiteExperiment(from_dict(ExperimentConfig, merged), requires))
     if not experiments:
         raise ConfigError(f"suite {name_or_path!r} lists no experiments")

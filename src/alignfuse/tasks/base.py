@@ -139,7 +139,7 @@ class TaskType(Protocol):
 
     def load_data(self, cfg: ExperimentConfig) -> Any:
         """Load (or generate) the data the config names. The runner shares what it returns
-        between the experiments of a suite whose ``data`` sections are equal."""
+        between the experiments of a suite whose ``task`` and ``data`` sections are equal."""
         ...
 
     def leaderboard(self, rows: list[dict[str, Any]]) -> str:

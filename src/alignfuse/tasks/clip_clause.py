@@ -302,7 +302,7 @@ class ClipClauseArgs:
 class ClipClauseData:
     """The clips, and the embedder and matcher trained on them, each trained once per
     setting and shared by the experiments of a suite (the runner shares one loaded dataset
-    between experiments whose ``data`` sections are equal)."""
+    between experiments whose ``task`` and ``data`` sections are equal)."""
 
     def __init__(self, clips: ClipData) -> None:
         self.clips = clips

@@ -14,17 +14,15 @@ with the same settings reuses it, an interrupted one resumes it.
 
 from __future__ import annotations
 
-import copy
-import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignfuse.config import ExperimentConfig, config_hash, from_dict, to_dict
+from alignfuse.config import ExperimentConfig, config_hash, deep_merge, from_dict, to_dict
 from alignfuse.data.base import ImageTextData
 from alignfuse.engine.evaluate import images_to_tensor
 from alignfuse.errors import ConfigError
@@ -36,6 +34,31 @@ PRETRAIN: dict[str, Any] = {
     "train": {"epochs": 3, "checkpoint_every": 0},
     "eval": {"splits": ["test"], "val_subset": 200},
 }
+
+
+@dataclass
+class HeadArgs:
+    """``task.args`` of a fusion head trained on the frozen towers (``vqa``, ``matching``)."""
+
+    width: int = 64  # the fusion's output width
+    pretrain: dict[str, Any] = field(default_factory=dict)  # the frozen towers' settings
+
+
+def head_args(cfg: ExperimentConfig, task: str, data: Any, data_type: type) -> HeadArgs:
+    """The checked arguments of a fusion head: the fusion (``model.name``) is registered, the
+    width positive, and the data is the task's own (what its ``load_data`` returned)."""
+    from alignfuse.registry import FUSION
+    from alignfuse.tasks.base import task_args
+
+    args = task_args(HeadArgs, cfg)
+    FUSION.get(cfg.model.name)  # an unknown fusion is named, with the closest one
+    if args.width < 1:
+        raise ConfigError(f"task.args.width must be a positive integer, got {args.width}")
+    if not isinstance(data, data_type):
+        raise ConfigError(
+            f"task {task!r} needs its own data (load_data); got {type(data).__name__}"
+        )
+    return args
 
 
 @dataclass
@@ -57,20 +80,12 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        old = out.get(k)
-        out[k] = _merge(old, v) if isinstance(v, dict) and isinstance(old, dict) else v
-    return out
-
-
 def pretrain_config(cfg: ExperimentConfig, pretrain: dict[str, Any]) -> ExperimentConfig:
     """The ``image_text`` experiment that trains the towers: :data:`PRETRAIN` with
     ``pretrain``'s overrides, on the task's data."""
     if not isinstance(pretrain, dict):
         raise ConfigError(f"task.args.pretrain must be a mapping, got {pretrain!r}")
-    merged = _merge(PRETRAIN, pretrain)
+    merged = deep_merge(PRETRAIN, pretrain)
     merged["data"] = to_dict(cfg.data)
     merged["task"] = {"name": "image_text"}
     return from_dict(ExperimentConfig, merged, prefix="task.args.pretrain")
@@ -142,8 +157,3 @@ def word_tokens(
     toks = [F.pad(t, (0, 0, 0, width - t.shape[1])) for t in toks]
     masks = [F.pad(m, (0, width - m.shape[1])) for m in masks]
     return torch.cat(toks), torch.cat(masks)
-
-
-def data_key(cfg: ExperimentConfig, pretrain: dict[str, Any]) -> str:
-    """A key naming the towers a config reads (for tasks that memoise derived data)."""
-    return json.dumps([to_dict(cfg.data), pretrain], sort_keys=True)

@@ -40,7 +40,7 @@ from alignfuse.models.protocols import (
 )
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import DATASETS, LOSSES, MODELS, TASKS
-from alignfuse.tasks.base import TaskDefaults
+from alignfuse.tasks.base import TaskDefaults, check_task_args
 
 
 def load_data(cfg: ExperimentConfig) -> ImageTextData:
@@ -115,8 +115,7 @@ class ImageTextTask(TaskDefaults):
     name: ClassVar[str] = "image_text"
 
     def __init__(self, cfg: ExperimentConfig, data: ImageTextData, run_dir: str | Path) -> None:
-        if cfg.task.args:
-            raise ConfigError(f"task 'image_text' takes no task.args, got {sorted(cfg.task.args)}")
+        check_task_args(ImageTextTask, cfg)  # it takes none
         self.cfg = cfg
         self.data = data
         vocab = Path(run_dir) / "vocab.json"

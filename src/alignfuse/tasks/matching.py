@@ -9,12 +9,13 @@ another image's caption. Scored on the test split's exact minimal edits: the sha
 images whose true caption scores above its minimal edit, above another image's caption, and
 the accuracy of the logit's sign.
 
-Task arguments: ``width`` (default 64), ``pretrain`` (the frozen towers' settings).
+Task arguments (:class:`~alignfuse.tasks.frozen_towers.HeadArgs`): ``width`` (default 64),
+``pretrain`` (the frozen towers' settings).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,16 +30,8 @@ from alignfuse.errors import ConfigError
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import FUSION, TASKS
 from alignfuse.tasks.base import PermutedRows, TaskDefaults, task_args
-from alignfuse.tasks.frozen_towers import FrozenTowers, data_key, frozen_towers
+from alignfuse.tasks.frozen_towers import FrozenTowers, HeadArgs, frozen_towers, head_args
 from alignfuse.tasks.vqa import encode_words, question_encoder
-
-
-@dataclass
-class MatchingArgs:
-    """``task.args`` of ``matching``."""
-
-    width: int = 64  # the fusion's output width
-    pretrain: dict[str, Any] = field(default_factory=dict)  # the frozen towers' settings
 
 
 class MatchModel(nn.Module):
@@ -110,48 +103,34 @@ class MatchingData:
     test: dict[str, Any]
 
 
-_LOADED: dict[str, MatchingData] = {}
-
-
 @TASKS.register("matching")
 class MatchingTask(PermutedRows, TaskDefaults):
     """A fusion trained as an image-text matcher, scored on exact minimal edits."""
 
     name: ClassVar[str] = "matching"
-    arguments: ClassVar[type[Any] | None] = MatchingArgs
+    arguments: ClassVar[type[Any] | None] = HeadArgs
     leaderboard_caption: ClassVar[str] = (
         "test: each image with its caption, its minimal edit, another image's caption"
     )
 
     def __init__(self, cfg: ExperimentConfig, data: MatchingData, run_dir: str | Path) -> None:
         self.cfg, self.data = cfg, data
-        self.args = task_args(MatchingArgs, cfg)
-        FUSION.get(cfg.model.name)
-        if self.args.width < 1:
-            raise ConfigError(f"task.args.width must be a positive integer, got {self.args.width}")
-        if not isinstance(data, MatchingData):
-            raise ConfigError(
-                f"task 'matching' needs its own data (load_data); got {type(data).__name__}"
-            )
+        self.args = head_args(cfg, "matching", data, MatchingData)
         self.n = data.train["images"].shape[0]
 
     @staticmethod
     def load_data(cfg: ExperimentConfig) -> MatchingData:
-        args = task_args(MatchingArgs, cfg)
-        key = data_key(cfg, args.pretrain)
-        if key not in _LOADED:
-            towers = frozen_towers(cfg, args.pretrain)
-            data = towers.data
-            if not data["test"].extras.get("negatives"):
-                raise ConfigError(
-                    f"task 'matching' scores minimal edits; the test split of "
-                    f"{cfg.data.name!r} has none"
-                )
-            tok = Tokenizer.build([c for caps in data["train"].captions for c in caps])
-            train = matching_split(data["train"], towers.train_tokens, tok, 0)
-            test = matching_split(data["test"], towers.test_tokens, tok, 1)
-            _LOADED[key] = MatchingData(towers, tok, train, test)
-        return _LOADED[key]
+        towers = frozen_towers(cfg, task_args(HeadArgs, cfg).pretrain)
+        data = towers.data
+        if not data["test"].extras.get("negatives"):
+            raise ConfigError(
+                f"task 'matching' scores minimal edits; the test split of "
+                f"{cfg.data.name!r} has none"
+            )
+        tok = Tokenizer.build([c for caps in data["train"].captions for c in caps])
+        train = matching_split(data["train"], towers.train_tokens, tok, 0)
+        test = matching_split(data["test"], towers.test_tokens, tok, 1)
+        return MatchingData(towers, tok, train, test)
 
     def build(self) -> tuple[nn.Module, nn.Module]:
         d = self.data

@@ -40,7 +40,6 @@ from alignfuse.registry import INTERACTIONS, TASKS
 from alignfuse.tasks.base import TaskDefaults, task_args
 from alignfuse.tasks.frozen_towers import (
     FrozenTowers,
-    data_key,
     frozen_towers,
     image_tokens,
     word_tokens,
@@ -168,9 +167,6 @@ class RerankData:
         return self._train
 
 
-_LOADED: dict[str, RerankData] = {}
-
-
 def train_scorer(
     scorer_name: str,
     args: dict[str, Any],
@@ -259,11 +255,7 @@ class RerankTask(TaskDefaults):
 
     @staticmethod
     def load_data(cfg: ExperimentConfig) -> RerankData:
-        args = task_args(RerankArgs, cfg)
-        key = data_key(cfg, args.pretrain)
-        if key not in _LOADED:
-            _LOADED[key] = RerankData(frozen_towers(cfg, args.pretrain))
-        return _LOADED[key]
+        return RerankData(frozen_towers(cfg, task_args(RerankArgs, cfg).pretrain))
 
     def fit(self, progress: bool) -> None:
         if self.scorer_name == FIRST_STAGE:

@@ -11,14 +11,15 @@ Reported: test accuracy overall and per question type (colour, count, exists), r
 noised with Gaussian noise of their standard deviation; every question word unknown), the
 fusion's parameters and the latency of one question.
 
-Task arguments: ``width`` (the fusion's output width, default 64), ``pretrain`` (the frozen
-towers' settings, see :mod:`alignfuse.tasks.frozen_towers`).
+Task arguments (:class:`~alignfuse.tasks.frozen_towers.HeadArgs`): ``width`` (the fusion's
+output width, default 64), ``pretrain`` (the frozen towers' settings, see
+:mod:`alignfuse.tasks.frozen_towers`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,17 +35,9 @@ from alignfuse.errors import ConfigError
 from alignfuse.outputs import LossOutput
 from alignfuse.registry import FUSION, TASKS
 from alignfuse.tasks.base import PermutedRows, TaskDefaults, task_args
-from alignfuse.tasks.frozen_towers import FrozenTowers, data_key, frozen_towers
+from alignfuse.tasks.frozen_towers import FrozenTowers, HeadArgs, frozen_towers, head_args
 
 KINDS = ("color", "count", "exists")
-
-
-@dataclass
-class VqaArgs:
-    """``task.args`` of ``vqa``."""
-
-    width: int = 64  # the fusion's output width
-    pretrain: dict[str, Any] = field(default_factory=dict)  # the frozen towers' settings
 
 
 def question_encoder(tokenizer: Tokenizer) -> BiGRUTextEncoder:
@@ -142,47 +135,33 @@ class VqaData:
     majority: float
 
 
-_LOADED: dict[str, VqaData] = {}
-
-
 @TASKS.register("vqa")
 class VqaTask(PermutedRows, TaskDefaults):
     """A fusion answering shapes questions from frozen image tokens."""
 
     name: ClassVar[str] = "vqa"
-    arguments: ClassVar[type[Any] | None] = VqaArgs
+    arguments: ClassVar[type[Any] | None] = HeadArgs
     leaderboard_caption: ClassVar[str] = "test questions"
 
     def __init__(self, cfg: ExperimentConfig, data: VqaData, run_dir: str | Path) -> None:
         self.cfg, self.data = cfg, data
-        self.args = task_args(VqaArgs, cfg)
-        FUSION.get(cfg.model.name)  # an unknown fusion is named, with the closest one
-        if self.args.width < 1:
-            raise ConfigError(f"task.args.width must be a positive integer, got {self.args.width}")
-        if not isinstance(data, VqaData):
-            raise ConfigError(
-                f"task 'vqa' needs its own data (load_data); got {type(data).__name__}"
-            )
+        self.args = head_args(cfg, "vqa", data, VqaData)
         self.n = len(data.train["labels"])
 
     @staticmethod
     def load_data(cfg: ExperimentConfig) -> VqaData:
-        args = task_args(VqaArgs, cfg)
-        key = data_key(cfg, args.pretrain)
-        if key not in _LOADED:
-            towers = frozen_towers(cfg, args.pretrain)
-            data = towers.data
-            if "questions" not in data["train"].extras:
-                raise ConfigError(f"task 'vqa' needs questions; data {cfg.data.name!r} has none")
-            _, qs, ans, _ = questions(data["train"])
-            tok = Tokenizer.build(qs)
-            answers = sorted(set(ans))
-            train = vqa_split(data["train"], towers.train_tokens, tok, answers)
-            test = vqa_split(data["test"], towers.test_tokens, tok, answers)
-            common = np.bincount(train["labels"]).argmax()
-            majority = float(np.mean(np.asarray(test["labels"]) == common))
-            _LOADED[key] = VqaData(towers, tok, answers, train, test, majority)
-        return _LOADED[key]
+        towers = frozen_towers(cfg, task_args(HeadArgs, cfg).pretrain)
+        data = towers.data
+        if "questions" not in data["train"].extras:
+            raise ConfigError(f"task 'vqa' needs questions; data {cfg.data.name!r} has none")
+        _, qs, ans, _ = questions(data["train"])
+        tok = Tokenizer.build(qs)
+        answers = sorted(set(ans))
+        train = vqa_split(data["train"], towers.train_tokens, tok, answers)
+        test = vqa_split(data["test"], towers.test_tokens, tok, answers)
+        common = np.bincount(train["labels"]).argmax()
+        majority = float(np.mean(np.asarray(test["labels"]) == common))
+        return VqaData(towers, tok, answers, train, test, majority)
 
     # ------------------------------------------------------------------ training
 
