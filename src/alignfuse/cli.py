@@ -99,6 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from alignfuse.distributed import init_from_env
     from alignfuse.engine.fit import Fit
     from alignfuse.tasks import looped, task_type
+    from alignfuse.tasks.base import check_task_args
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -117,6 +118,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if rank > 0:
             dist.barrier()
         kind = task_type(cfg)
+        check_task_args(kind, cfg)  # before the data (which may train frozen towers)
         data = kind.load_data(cfg)
         if rank == 0 and dist.is_initialized():
             dist.barrier()
@@ -190,6 +192,7 @@ def _eval_config(args: argparse.Namespace) -> int:
     from alignfuse.config import load_config, save_config
     from alignfuse.engine.fit import Fit
     from alignfuse.tasks import looped, task_type
+    from alignfuse.tasks.base import check_task_args
 
     if args.questions or args.tables:
         raise AlignfuseError("--questions / --tables evaluate a trained run folder, not a config")
@@ -197,6 +200,7 @@ def _eval_config(args: argparse.Namespace) -> int:
     if args.splits:
         cfg.eval = dataclasses.replace(cfg.eval, splits=list(args.splits))
     kind = task_type(cfg)
+    check_task_args(kind, cfg)
     data = kind.load_data(cfg)
     out = Path(args.out) if args.out else Path("runs") / f"eval-{cfg.name}"
     out.mkdir(parents=True, exist_ok=True)

@@ -263,3 +263,41 @@ def test_san_exposes_its_attention_maps():
 def test_registry_family_lists_every_module_with_a_summary():
     for entry in FUSION.entries():
         assert entry.summary
+
+
+def _attention(m, q, k, v, key_pad=None):
+    """Multi-head scaled dot-product attention written out from the module's weights."""
+    d, h = m.embed_dim, m.num_heads
+    w, b = m.in_proj_weight, m.in_proj_bias
+    qs, ks, vs = (
+        x @ w[i * d : (i + 1) * d].T + b[i * d : (i + 1) * d] for i, x in enumerate((q, k, v))
+    )
+    split = lambda x: x.reshape(x.shape[0], x.shape[1], h, d // h).transpose(1, 2)  # noqa: E731
+    scores = split(qs) @ split(ks).transpose(-1, -2) / (d // h) ** 0.5
+    if key_pad is not None:
+        scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
+    out = (scores.softmax(-1) @ split(vs)).transpose(1, 2).reshape(q.shape[0], q.shape[1], d)
+    return m.out_proj(out)
+
+
+def test_qformer_fusion_is_blip2s_prenorm_layers_written_out():
+    """The qformer fusion against the pre-norm Q-Former equations: queries self-attend,
+    cross-attend the projected tokens of every modality (padding masked), feed-forward, each
+    on the LayerNorm of its input with a residual; a final LayerNorm, the mean query, out."""
+    torch.manual_seed(0)
+    f = alignfuse.create_fusion("qformer", dims=DIMS, out_dim=7, width=16, heads=4, layers=2)
+    f = f.double().eval()
+    x, masks = _inputs(torch.float64)
+    kv = torch.cat([f.proj[m](x[m]) for m in f.modalities], 1)
+    full = {m: masks.get(m, torch.ones(x[m].shape[:2], dtype=torch.bool)) for m in f.modalities}
+    pad = ~torch.cat([full[m] for m in f.modalities], 1)
+    q = f.queries.expand(len(kv), -1, -1)
+    for layer in f.layers:
+        h = layer.norm_self(q)
+        q = q + _attention(layer.self_attn, h, h, h)
+        h = layer.norm_cross(q)
+        q = q + _attention(layer.cross_attn, h, kv, kv, pad)
+        q = q + layer.ffn_query(q)
+    want = f.out(f.norm(q).mean(1))
+    with torch.no_grad():
+        torch.testing.assert_close(f(x, masks), want, rtol=1e-10, atol=1e-12)

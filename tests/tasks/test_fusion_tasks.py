@@ -135,3 +135,49 @@ def test_perturb_makes_word_level_hard_negatives():
     assert perturb("a red circle left of a red square", rng) == "a red square left of a red circle"
     one = perturb("a red circle", rng)
     assert one != "a red circle" and one.endswith(" circle")
+
+
+@pytest.mark.slow
+def test_vqa_and_matching_metrics_equal_a_loop_over_questions_and_images(suite_file):
+    """The tasks' test figures recomputed one question (one image) at a time."""
+    import torch
+
+    suite = load_suite(str(suite_file))
+    by = {e.config.name: e.config for e in suite.experiments}
+    cfg = by["vqa_early"]
+    task = create_task(cfg)
+    torch.manual_seed(0)
+    model, _ = task.build()
+    metrics, _ = task.evaluate(model)
+    test, hits, kinds = task.data.test, [], task.data.test["kinds"]
+    with torch.no_grad():
+        for q in range(len(test["labels"])):
+            img = test["images"][test["owner"][q : q + 1]]
+            logits = model(img, test["ids"][q : q + 1], test["lengths"][q : q + 1])
+            hits.append(int(logits.argmax()) == int(test["labels"][q]))
+    assert metrics["acc"] == pytest.approx(sum(hits) / len(hits))
+    for kind in ("color", "count", "exists"):
+        mine = [h for h, k in zip(hits, kinds, strict=True) if k == kind]
+        assert metrics[f"acc_{kind}"] == pytest.approx(sum(mine) / len(mine))
+    common = np.bincount(task.data.train["labels"]).argmax()
+    assert metrics["majority"] == pytest.approx(float((test["labels"] == common).float().mean()))
+
+    mtask = create_task(by["matching_early"])
+    torch.manual_seed(0)
+    mmodel, _ = mtask.build()
+    m, _ = mtask.evaluate(mmodel)
+    t, above_hard, above_other = mtask.data.test, 0, 0
+    with torch.no_grad():
+        for i in range(len(t["images"])):
+            s = {
+                k: float(
+                    mmodel(
+                        t["images"][i : i + 1], t[k]["ids"][i : i + 1], t[k]["lengths"][i : i + 1]
+                    )[0]
+                )
+                for k in ("pos", "hard", "other")
+            }
+            above_hard += s["pos"] > s["hard"]
+            above_other += s["pos"] > s["other"]
+    assert m["hard_negative_acc"] == pytest.approx(above_hard / len(t["images"]))
+    assert m["random_negative_acc"] == pytest.approx(above_other / len(t["images"]))

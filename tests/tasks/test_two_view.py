@@ -86,3 +86,35 @@ def test_wrong_data_is_named():
     cfg = load_config(None, [*BASE, "model.name=cca"])
     with pytest.raises(ConfigError, match="needs two-view data"):
         create_task(cfg, data={"not": "two views"})
+
+
+def test_train_and_eval_commands_on_an_estimator_task(tmp_path, capsys):
+    from alignfuse.cli import main
+
+    cfg = tmp_path / "est.yaml"
+    cfg.write_text(
+        "name: est\ntask: {name: two_view, args: {components: 3}}\n"
+        "data: {name: digits_twoview, args: {pairs_per_image: 1}}\nmodel: {name: cca}\n"
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run)]) == 0
+    assert '"corr_sum"' in capsys.readouterr().out
+    assert (run / "estimator" / "model.json").is_file() and (run / "metrics.json").is_file()
+    assert main(["eval", str(run)]) == 2  # nothing to load into the loop: one line, no traceback
+    err = capsys.readouterr().err
+    assert "is fitted, not trained by the loop" in err and "Traceback" not in err
+    assert main(["train", str(cfg), "task.args.compnents=3", "--out", str(tmp_path / "x")]) == 2
+    assert "did you mean 'task.args.components'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_checks_task_arguments_before_loading_data(tmp_path, capsys, monkeypatch):
+    """A vqa config's typo is named before its frozen towers would be trained."""
+    from alignfuse.cli import main
+
+    monkeypatch.setenv("ALIGNFUSE_CACHE", str(tmp_path / "cache"))
+    cfg = tmp_path / "vqa.yaml"
+    cfg.write_text("name: v\ntask: {name: vqa, args: {widht: 8}}\nmodel: {name: early}\n")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "v")]) == 2
+    assert "did you mean 'task.args.width'" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "pretrained").exists()

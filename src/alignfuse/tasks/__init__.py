@@ -1,4 +1,5 @@
-"""Tasks: what differs between kinds of experiment, as plugins of the one training loop.
+"""Tasks: what differs between kinds of experiment, as plugins of the one training loop (or,
+for an :class:`~alignfuse.tasks.base.EstimatorTask`, fitted and evaluated by the runner).
 
 ``alignfuse list tasks`` names them; an experiment picks one in its ``task:`` section
 (default ``image_text``). See :mod:`alignfuse.tasks.base` for the protocol. The built-in
@@ -42,8 +43,9 @@ def looped(task: Task | EstimatorTask) -> Task:
     """``task`` if the training loop trains it; else a :class:`ConfigError` saying so."""
     if not isinstance(task, Task):
         raise ConfigError(
-            f"task {task.cfg.task.name!r} is not trained by the loop (an estimator task): "
-            "run it in a suite with alignfuse bench"
+            f"task {task.cfg.task.name!r} is fitted, not trained by the loop (an estimator "
+            "task): alignfuse train CONFIG or alignfuse bench fits and evaluates it, and its run "
+            "folder keeps the figures in metrics.json"
         )
     return task
 
