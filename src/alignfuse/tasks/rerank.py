@@ -260,9 +260,8 @@ class RerankTask(TaskDefaults):
     def fit(self, progress: bool) -> None:
         if self.scorer_name == FIRST_STAGE:
             return
-        torch.manual_seed(self.cfg.train.seed)
         scorer = INTERACTIONS.create(self.scorer_name, **self.scorer_args)
-        if any(p.requires_grad for p in scorer.parameters()):
+        if any(p.requires_grad for p in scorer.parameters()):  # built again, seeded, to train
             t = self.cfg.train
             scorer, self.history = train_scorer(
                 self.scorer_name,
